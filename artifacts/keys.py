@@ -1,0 +1,135 @@
+"""Cache keys: what a stage's result depends on, hashed.
+
+key = sha256(stage name, canonical JSON of its parameters, digests of its upstream
+artifacts, fingerprint of its code, versions of the libraries it runs, extra inputs
+such as the checksum of a source file).
+
+The code fingerprint covers the stage's whole module and every project module it
+imports (transitively, within the packages in FINGERPRINT_PACKAGES), not only the
+task function's text as Prefect's TASK_SOURCE does: an edit to a helper changes the
+result, so it must change the key. Modules are hashed by their syntax tree, so edits
+to comments and layout do not count; docstrings, being part of the tree, do.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pydantic import BaseModel
+
+# Only the stage code decides what an artifact contains; the store, the flows and the
+# Prefect wiring do not, so editing them must not invalidate trained models.
+FINGERPRINT_PACKAGES = ("tasks",)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        raise TypeError("sets have no stable order; use a sorted list in parameters")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 3.0 and 3 are the same parameter
+    return value
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ModuleNotFoundError, ValueError):  # e.g. `from tasks.x import SomeClass`
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _project_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against this module's package
+                parts = module.split(".")
+                base = parts if is_package else parts[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            found.add(prefix)
+            found.update(f"{prefix}.{alias.name}" for alias in node.names)
+    return {
+        name
+        for name in found
+        if name.split(".")[0] in FINGERPRINT_PACKAGES and _module_file(name) is not None
+    }
+
+
+def code_fingerprint(modules: Iterable[str], extra_files: Iterable[Path] = ()) -> dict[str, str]:
+    """Hash of each project module a stage runs, found by following its imports."""
+    hashes: dict[str, str] = {}
+    pending = list(modules)
+    while pending:
+        name = pending.pop()
+        if name in hashes:
+            continue
+        path = _module_file(name)
+        if path is None:
+            raise ValueError(f"cannot fingerprint module {name!r}: no Python source found")
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        hashes[name] = sha256_text(ast.dump(tree))
+        pending.extend(_project_imports(tree, name, path.name == "__init__.py"))
+    for path in extra_files:
+        hashes[f"file:{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(hashes.items()))
+
+
+def library_versions(names: Iterable[str]) -> dict[str, str]:
+    versions = {}
+    for name in sorted(set(names)):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def cache_key(
+    stage: str,
+    params: Any,
+    upstream: Mapping[str, str],
+    code: Mapping[str, str],
+    versions: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    return sha256_text(
+        canonical_json(
+            {
+                "stage": stage,
+                "params": params,
+                "upstream": dict(upstream),
+                "code": dict(code),
+                "versions": dict(versions),
+                "extra": dict(extra or {}),
+            }
+        )
+    )

@@ -1,0 +1,118 @@
+"""What a stage is, and how any stage is run against the artifact store.
+
+A stage is declared once (`Stage`): its name, the kind of artifact it writes, its
+typed parameters, the upstream artifacts it reads and the libraries whose versions
+matter. Its work is a plain function
+
+    build(params, inputs: {name: local folder}, out: empty folder, progress) -> metrics
+
+that knows nothing of Prefect or of the store. `run_stage` opens the (verified)
+upstream artifacts, calls `build`, and publishes the folder with a manifest saying
+how it was made. The same declaration yields the cache key, so the key is derived
+from what the stage consumes, never guessed.
+
+This module lives in artifacts/ rather than tasks/ because it decides how artifacts
+are made and keyed, not what they contain: editing it must not invalidate every
+trained model, which it would if it were part of the stages' code fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel
+
+from artifacts.keys import cache_key, code_fingerprint, library_versions
+from artifacts.store import ArtifactRef, ArtifactStore
+
+
+class Progress:
+    """Throttled progress lines for long loops, sent to any logging callable."""
+
+    def __init__(self, log: Callable[[str], None] | None = None, every_seconds: float = 10.0):
+        self.log = log or logging.getLogger("distillery").info
+        self.every_seconds = every_seconds
+        self._last = 0.0
+        self._started: dict[str, float] = {}
+
+    def info(self, message: str) -> None:
+        self.log(message)
+
+    def step(self, label: str, done: int, total: int, **stats: float) -> None:
+        now = time.monotonic()
+        started = self._started.setdefault(label, now)
+        if done < total and now - self._last < self.every_seconds:
+            return
+        self._last = now
+        elapsed = now - started
+        eta = elapsed / done * (total - done) if done else float("nan")
+        extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
+                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s".replace("  ", " "))
+
+
+Build = Callable[[Any, Mapping[str, Path], Path, Progress], dict]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    params: type[BaseModel]
+    inputs: tuple[str, ...]
+    build: Build
+    libraries: tuple[str, ...] = ()
+    # Inputs that are not parameters nor artifacts, e.g. the checksums of source files.
+    extra_key: Callable[[Any], dict] | None = None
+    extra_files: tuple[Path, ...] = field(default=())
+
+    def key_material(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> dict:
+        self.check_inputs(params, inputs)
+        return {
+            "stage": self.name,
+            "params": params,
+            "upstream": {name: ref.digest for name, ref in sorted(inputs.items())},
+            "code": code_fingerprint([self.build.__module__], self.extra_files),
+            "versions": library_versions(self.libraries),
+            "extra": self.extra_key(params) if self.extra_key else {},
+        }
+
+    def key(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
+        return cache_key(**self.key_material(params, inputs))
+
+    def check_inputs(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> None:
+        if not isinstance(params, self.params):
+            raise TypeError(f"{self.name} takes {self.params.__name__}, got {type(params).__name__}")
+        if set(inputs) != set(self.inputs):
+            raise TypeError(f"{self.name} reads {sorted(self.inputs)}, got {sorted(inputs)}")
+
+
+def run_stage(
+    stage: Stage,
+    params: BaseModel,
+    inputs: Mapping[str, ArtifactRef],
+    store: ArtifactStore,
+    progress: Progress | None = None,
+) -> ArtifactRef:
+    """Run one stage for real and publish its artifact; returns its reference."""
+    progress = progress or Progress()
+    material = stage.key_material(params, inputs)
+    local_inputs = {name: store.open(ref) for name, ref in inputs.items()}
+    with store.new_artifact() as out:
+        started = time.time()
+        metrics = stage.build(params, local_inputs, out, progress)
+        seconds = time.time() - started
+        manifest = {
+            **material,
+            "params": params.model_dump(mode="json"),
+            "key": cache_key(**material),
+            "metrics": metrics,
+            "timings": {"seconds": round(seconds, 3)},
+        }
+        ref = store.publish(out, stage.kind, manifest)
+    progress.info(f"{stage.name}: published {ref.kind} {ref.short} in {seconds:.1f}s")
+    return ref

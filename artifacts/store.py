@@ -1,0 +1,286 @@
+"""A content-addressed artifact store on any fsspec file system.
+
+An artifact is a folder of files. Its digest is the sha256 of its content (the
+relative path and sha256 of every file, plus its kind), so two stages that produce
+byte-identical output produce the same artifact, and a path never names two
+different contents. Layout under the root:
+
+    objects/<digest>/...           the files, plus manifest.json (written last)
+    aliases/<name>.json            pointers such as emotion/latest -> digest
+    records/<cache key>            Prefect's cache records (JSON ArtifactRefs)
+    locks/<cache key>.lock         leases held while a stage computes
+    staging/<uuid>/                work in progress (local stores only)
+
+Publishing is atomic: a local artifact is built under staging/ and renamed into
+objects/ in one step; on object stores, where there is no rename, the manifest is
+uploaded last and an artifact without a manifest does not exist. Readers verify
+every file against the manifest before use, so a truncated or altered artifact is
+never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+from pydantic import BaseModel, ConfigDict, field_validator
+
+DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*$")
+MANIFEST = "manifest.json"
+DEFAULT_STORE = ".distillery"
+
+
+class StoreError(RuntimeError):
+    """The store cannot serve or accept an artifact."""
+
+
+class ArtifactRef(BaseModel):
+    """The only thing stages hand to each other: where an artifact is and what it is."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    digest: str
+
+    @field_validator("digest")
+    @classmethod
+    def _digest_is_sha256(cls, value: str) -> str:
+        if not DIGEST_PATTERN.match(value):
+            raise ValueError(f"not a sha256 hex digest: {value!r}")
+        return value
+
+    @property
+    def short(self) -> str:
+        return self.digest[:12]
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    problem: str = ""
+
+
+def sha256_file(path: str | Path, fs: fsspec.AbstractFileSystem | None = None) -> str:
+    digest = hashlib.sha256()
+    opener = fs.open if fs is not None else open
+    with opener(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(kind: str, files: dict[str, str]) -> str:
+    """The artifact's identity: its kind and the checksum of every file, by path."""
+    canonical = json.dumps({"kind": kind, "files": files}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _checksum_tree(folder: Path) -> dict[str, str]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and name != MANIFEST:
+            files[name] = sha256_file(path)
+    return files
+
+
+class ArtifactStore:
+    """Content-addressed artifacts under one fsspec root (a folder, s3://..., memory://...)."""
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_STORE):
+        root = os.fspath(root)
+        self.fs, path = fsspec.core.url_to_fs(root)
+        self.is_local = "file" in _protocols(self.fs)
+        if self.is_local:
+            path = str(Path(path).expanduser().resolve())
+        self.path = path.rstrip("/")
+        self.root = path if self.is_local else root.rstrip("/")
+        # Verification hashes whole files; remember what already passed in this process,
+        # keyed by size and mtime so a file changed behind our back is hashed again.
+        self._verified: dict[str, tuple] = {}
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.root!r})"
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def records_path(self) -> str:
+        """Where Prefect keeps its cache records (key -> ArtifactRef, as JSON)."""
+        return f"{self.path}/records"
+
+    @property
+    def locks_path(self) -> Path:
+        """Lock files for stage keys: in the store when local, else in a local folder."""
+        if self.is_local:
+            return Path(self.path) / "locks"
+        return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "locks"
+
+    def object_path(self, digest: str) -> str:
+        if not DIGEST_PATTERN.match(digest):
+            raise StoreError(f"refusing artifact name {digest!r}: not a sha256 digest")
+        return f"{self.path}/objects/{digest}"
+
+    def _alias_path(self, name: str) -> str:
+        if not ALIAS_PATTERN.match(name) or ".." in name.split("/"):
+            raise StoreError(
+                f"invalid alias {name!r}: use lower-case words separated by '/', e.g. emotion/latest"
+            )
+        return f"{self.path}/aliases/{name}.json"
+
+    # -- writing -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def new_artifact(self) -> Iterator[Path]:
+        """A private local folder to build an artifact in; removed afterwards.
+
+        For a local store it lives under the root, so publishing is a rename on one
+        file system; otherwise in the system temp folder.
+        """
+        if self.is_local:
+            staging = Path(self.path) / "staging"
+            staging.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex}-", dir=staging))
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="distillery-"))
+        try:
+            yield workdir
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def publish(self, workdir: Path, kind: str, manifest: dict[str, Any]) -> ArtifactRef:
+        """Move a finished folder into the store under its content digest."""
+        if (workdir / MANIFEST).exists():
+            raise StoreError(f"{MANIFEST} is reserved for the store; rename that file")
+        files = _checksum_tree(workdir)
+        if not files:
+            raise StoreError("refusing to publish an empty artifact")
+        digest = content_digest(kind, files)
+        ref = ArtifactRef(kind=kind, digest=digest)
+        if self.verify(ref).ok:
+            return ref  # identical content already published: keep the first copy
+        self.remove(digest)  # a broken copy, if any, must not block the good one
+        full_manifest = {
+            **manifest,
+            "kind": kind,
+            "digest": digest,
+            "files": files,
+            "sizes": {name: (workdir / name).stat().st_size for name in files},
+            "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        target = self.object_path(digest)
+        (workdir / MANIFEST).write_text(json.dumps(full_manifest, indent=2, sort_keys=True))
+        if self.is_local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(workdir, target)
+            except OSError:
+                if not self.verify(ref).ok:  # lost a race to a concurrent publisher?
+                    raise
+            workdir.mkdir()  # the caller's context manager expects to remove it
+        else:
+            for name in files:
+                self.fs.put_file(str(workdir / name), f"{target}/{name}")
+            self.fs.put_file(str(workdir / MANIFEST), f"{target}/{MANIFEST}")
+        return ref
+
+    def remove(self, digest: str) -> None:
+        path = self.object_path(digest)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+        self._verified.pop(digest, None)
+
+    # -- reading -----------------------------------------------------------------------
+    def manifest(self, ref: ArtifactRef | str) -> dict[str, Any]:
+        digest = ref.digest if isinstance(ref, ArtifactRef) else ref
+        with self.fs.open(f"{self.object_path(digest)}/{MANIFEST}", "r") as handle:
+            return json.load(handle)
+
+    def verify(self, ref: ArtifactRef | str) -> Verification:
+        """Check that the artifact exists and every file matches its manifest."""
+        digest = ref.digest if isinstance(ref, ArtifactRef) else ref
+        base = self.object_path(digest)
+        try:
+            manifest = self.manifest(digest)
+        except FileNotFoundError:
+            return Verification(False, "missing")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return Verification(False, "manifest is corrupt")
+        files = manifest.get("files", {})
+        if content_digest(manifest.get("kind", ""), files) != digest:
+            return Verification(False, "manifest does not match the digest")
+        stamp = []
+        for name, expected in sorted(files.items()):
+            path = f"{base}/{name}"
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                return Verification(False, f"file {name} is missing")
+            if info.get("size") != manifest.get("sizes", {}).get(name, info.get("size")):
+                return Verification(False, f"file {name} has the wrong size")
+            stamp.append((name, info.get("size"), info.get("mtime"), info.get("ETag")))
+        if self._verified.get(digest) == tuple(stamp):
+            return Verification(True)
+        for name, expected in sorted(files.items()):
+            if sha256_file(f"{base}/{name}", self.fs) != expected:
+                return Verification(False, f"file {name} fails its checksum")
+        self._verified[digest] = tuple(stamp)
+        return Verification(True)
+
+    def open(self, ref: ArtifactRef) -> Path:
+        """A local folder holding the verified artifact (downloaded once if remote)."""
+        check = self.verify(ref)
+        if not check.ok:
+            raise StoreError(f"artifact {ref.kind} {ref.short} cannot be used: {check.problem}")
+        if self.is_local:
+            return Path(self.object_path(ref.digest))
+        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
+        local = cache / ref.digest
+        if not local.exists() or _checksum_tree(local) != self.manifest(ref)["files"]:
+            partial = cache / f"{ref.digest}.{uuid.uuid4().hex}.partial"
+            self.fs.get(self.object_path(ref.digest) + "/", str(partial), recursive=True)
+            shutil.rmtree(local, ignore_errors=True)
+            os.rename(partial, local)
+        return local
+
+    def digests(self) -> list[str]:
+        try:
+            names = self.fs.ls(f"{self.path}/objects", detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names if DIGEST_PATTERN.match(n.rstrip("/").rsplit("/", 1)[-1]))
+
+    # -- aliases -----------------------------------------------------------------------
+    def set_alias(self, name: str, ref: ArtifactRef) -> None:
+        path = self._alias_path(name)
+        payload = json.dumps(ref.model_dump())
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            Path(tmp).write_text(payload)
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(path, "w") as handle:
+                handle.write(payload)
+
+    def resolve_alias(self, name: str) -> ArtifactRef:
+        try:
+            with self.fs.open(self._alias_path(name), "r") as handle:
+                return ArtifactRef.model_validate_json(handle.read())
+        except FileNotFoundError:
+            raise StoreError(f"no alias {name!r} in store {self.root}") from None
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

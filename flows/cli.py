@@ -1,0 +1,161 @@
+"""Command line for the workload flows: flags generated from the typed configuration.
+
+Every stage parameter is a flag `--<stage>-<field>` whose help is the field's
+description and whose default is the preset's value, so `--help` documents every
+parameter and no flow file repeats one. Values are checked by the same pydantic
+models the flow uses, once, before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from flows.config import PipelineConfig
+from flows.presets import smoke
+
+# Short names for the flags people type most.
+ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}
+ENVIRONMENT = {("data", "source"): "DISTILLERY_DATA"}
+DERIVED = {("tokenize", "tokenizer")}  # set from the teacher, not by hand
+SECTIONS = ("data", "tokenize", "teacher", "student", "export", "quantize", "evaluate")
+EXIT_BAD_INPUT = 2
+
+
+def _flag(section: str, field: str) -> str:
+    return ALIASES.get((section, field), f"--{section}-{field.replace('_', '-')}")
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is Literal:
+            return [str(c) for c in typing.get_args(candidate)]
+    return None
+
+
+def _parse_value(annotation: Any, raw: str) -> Any:
+    """Turn a flag's text into what pydantic validates: lists by comma, dicts as JSON."""
+    args = typing.get_args(annotation)
+    if raw.lower() == "none" and type(None) in args:
+        return None
+    kinds = {typing.get_origin(a) or a for a in (annotation, *args)}
+    if list in kinds:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if dict in kinds:
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected JSON such as '{{\"train\": \"train.tsv\"}}', got {raw!r} ({exc.msg})") from None
+    return raw
+
+
+def build_parser(workload: str, preset: PipelineConfig) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python flows/{workload}.py",
+        description=f"Run the distillery pipeline on the {workload} preset: fetch data, tokenize, fine-tune "
+        "the teacher, distil the student, export ONNX, quantize to INT8, evaluate. Every stage is cached "
+        "by its inputs; a rerun recomputes only what changed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"),
+                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")
+    parser.add_argument("--smoke", action="store_true", help="small data slice and a tiny model: the whole DAG in minutes")
+    for section in SECTIONS:
+        params: BaseModel = getattr(preset, section)
+        group = parser.add_argument_group(f"{section} stage")
+        for field, info in type(params).model_fields.items():
+            if (section, field) in DERIVED:
+                continue
+            env = ENVIRONMENT.get((section, field))
+            default = getattr(params, field)
+            shown = ",".join(map(str, default)) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict) else default
+            help_text = (info.description or "") + (f" (env {env})" if env else "")
+            group.add_argument(
+                _flag(section, field), dest=f"{section}.{field}", metavar=field.upper(),
+                default=os.environ.get(env) if env else None,
+                choices=_choices(info.annotation),
+                help=f"{help_text}; preset: {shown}",
+            )
+    return parser
+
+
+def config_from_args(preset: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+    """The preset (smoke-sized if asked) with the given flags applied; validated."""
+    base = smoke(preset) if args.smoke else preset
+    merged = base.model_dump()
+    for key, raw in vars(args).items():
+        if "." not in key or raw is None:
+            continue
+        section, field = key.split(".")
+        annotation = type(getattr(base, section)).model_fields[field].annotation
+        try:
+            merged[section][field] = _parse_value(annotation, raw)
+        except ValueError as exc:
+            raise SystemExit(_bad_input(f"{_flag(section, field)}: {exc}"))
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = [str(p) for p in error["loc"]]
+            flag = _flag(location[0], location[1]) if len(location) >= 2 and location[0] in SECTIONS else ".".join(location)
+            problems.append(f"{flag}: {error['msg']}")
+        raise SystemExit(_bad_input("invalid configuration: " + "; ".join(problems)))
+
+
+def _bad_input(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _quiet_defaults() -> None:
+    """Embedded defaults for a laptop run: a temporary Prefect server, no telemetry, calm logs."""
+    for name, value in {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s times out on a busy machine
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(name, value)
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'stage':<18} {'state':<9} {'seconds':>8}  artifact"]
+    for name, stage in summary["stages"].items():
+        lines.append(f"{name:<18} {stage['state']:<9} {stage['seconds']:>8.1f}  {stage['artifact'][:12]}")
+    lines.append("")
+    lines.append(f"{'model':<14} {'accuracy':>8} {'macro-F1':>8} {'p50 ms':>8} {'p95 ms':>8} {'MB':>7}")
+    for name, m in summary["metrics"].items():
+        lines.append(f"{name:<14} {m['accuracy']:>8.4f} {m['macro_f1']:>8.4f} {m['latency_p50_ms']:>8.2f} "
+                     f"{m['latency_p95_ms']:>8.2f} {m['size_bytes'] / 1e6:>7.1f}")
+    return "\n".join(lines)
+
+
+def main(workload: str, preset: Callable[[], PipelineConfig], argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    parser = build_parser(workload, preset())
+    args = parser.parse_args(argv)
+    config = config_from_args(preset(), args)
+
+    from flows.pipeline import distillery_pipeline, preflight  # imports Prefect: after the cheap checks
+    from tasks.errors import DistilleryError
+
+    try:
+        preflight(config)
+        summary = distillery_pipeline(config=config, store=args.store)
+    except DistilleryError as exc:
+        return _bad_input(str(exc))
+    print(format_table(summary))
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2))
+    return 0

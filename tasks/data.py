@@ -1,0 +1,322 @@
+"""Stage `fetch_dataset`: read a labelled text data set into canonical splits.
+
+Sources: a Hugging Face Hub id (e.g. dair-ai/emotion), or a folder (local path or
+any fsspec URI) holding one file per split in one of these formats:
+  .txt      `text;label` lines (the emotion files; the text is cut at the last ';')
+  .tsv      GLUE style, tab separated with a header
+  .csv      comma separated with a header
+  .jsonl    one JSON object per line
+  .parquet
+The artifact holds train/validation/test parquet files with columns `text` (str)
+and `label` (int64), plus labels.json with the label names in id order. Its digest
+depends on that content only, so the same data read from the Hub or from a local
+copy is the same artifact. Every problem with the data is reported here, before any
+model is loaded or trained, and nothing is published.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Mapping
+
+import fsspec
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifacts.stage import Progress, Stage
+from tasks.errors import DistilleryError
+
+SPLITS = ("train", "validation", "test")
+SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
+FORMATS = (".txt", ".tsv", ".csv", ".jsonl", ".parquet")
+TEXT_COLUMNS = ("text", "sentence")
+LABEL_COLUMNS = ("label", "label_name", "labels")
+DATA_HINT = "--data PATH (or DISTILLERY_DATA=PATH)"
+
+
+class DataParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("dair-ai/emotion", description="Hugging Face Hub data set id, or a folder (path or fsspec URI) with one file per split")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when the source is a Hub id")
+    label_names: list[str] | None = Field(None, description="label names in id order; inferred from the data when absent")
+    text_column: str | None = Field(None, description="column holding the text (default: text or sentence)")
+    label_column: str | None = Field(None, description="column holding the label (default: label, label_name or labels)")
+    split_files: dict[str, str] | None = Field(None, description="file per split inside the folder, e.g. {'train': 'train.tsv', 'test': 'dev.tsv'}; default: found by name")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of train held out, seeded, when there is no validation split")
+    seed: int = Field(42, description="seed for the validation split and for slicing")
+    max_train_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many training rows")
+    max_eval_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many validation and test rows")
+
+
+def is_hub_id(source: str) -> bool:
+    if "://" in source or source.startswith((".", "/", "~")) or Path(source).expanduser().exists():
+        return False
+    return True
+
+
+# -- locating and reading files ---------------------------------------------------------
+def _folder(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = fsspec.core.url_to_fs(str(Path(source).expanduser()) if "://" not in source else source)
+    if not fs.isdir(root):
+        what = "is a file, not a folder" if fs.exists(root) else "does not exist"
+        raise DistilleryError(
+            f"data path {source!r} {what}: pass a folder holding train/validation/test files "
+            f"({', '.join(FORMATS)}) with {DATA_HINT}"
+        )
+    return fs, root.rstrip("/")
+
+
+def locate_split_files(params: DataParams) -> dict[str, str]:
+    """Split name -> file path, for folder sources. Validation may be absent."""
+    fs, root = _folder(params.source)
+    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)}
+    found: dict[str, str] = {}
+    if params.split_files:
+        for split, name in params.split_files.items():
+            if split not in SPLITS:
+                raise DistilleryError(f"unknown split {split!r} in split_files: use {', '.join(SPLITS)}")
+            if name not in names:
+                raise DistilleryError(f"split file {name!r} for {split} is not in {params.source}: found {sorted(names)}")
+            found[split] = names[name]
+    else:
+        for split, stems in SPLIT_STEMS.items():
+            for stem in stems:
+                matches = [n for n in names if n.lower() in {stem + ext for ext in FORMATS}]
+                if matches:
+                    found[split] = names[matches[0]]
+                    break
+    for split in ("train", "test"):
+        if split not in found:
+            raise DistilleryError(
+                f"no {split} split in {params.source}: expected a file named {split}"
+                f"{{{','.join(FORMATS)}}}, or name it with split_files (--split-files '{{\"{split}\": \"FILE\"}}')"
+            )
+    return found
+
+
+def _decode(raw: bytes, path: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DistilleryError(
+            f"{path} is not UTF-8 (invalid byte at line {line}): re-encode it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+        ) from None
+
+
+def _read_semicolon_lines(text: str, path: str) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if ";" not in line:
+            raise DistilleryError(f"{path} line {number} has no ';': every line must be 'text;label'")
+        rows.append(line.rsplit(";", 1))
+    if rows and rows[0][1].strip().lower() in LABEL_COLUMNS and rows[0][0].strip().lower() in TEXT_COLUMNS:
+        header, rows = rows[0], rows[1:]
+        columns = [header[0].strip().lower(), header[1].strip().lower()]
+    else:
+        columns = ["text", "label"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def read_table(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
+    suffix = Path(path).suffix.lower()
+    with fs.open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(io.BytesIO(raw))
+        text = _decode(raw, path)
+        if suffix == ".txt":
+            return _read_semicolon_lines(text, path)
+        if suffix == ".tsv":
+            return pd.read_csv(io.StringIO(text), sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False)
+        if suffix == ".csv":
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        if suffix == ".jsonl":
+            return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except DistilleryError:
+        raise
+    except Exception as exc:
+        raise DistilleryError(f"cannot parse {path} as {suffix}: {str(exc).splitlines()[0][:200]}; fix the file or convert it") from None
+    raise DistilleryError(f"unsupported file type {suffix!r} for {path}: use one of {', '.join(FORMATS)}")
+
+
+def _load_hub(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(params.source, revision=params.revision)
+    except Exception as exc:
+        raise DistilleryError(
+            f"cannot load data set {params.source!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}). "
+            f"Offline, or for a local copy, point at a folder with {DATA_HINT}, "
+            f"e.g. --data ../shared/data/emotion"
+        ) from None
+    frames = {split: loaded[split].to_pandas() for split in SPLITS if split in loaded}
+    names = None
+    for column in (params.label_column, *LABEL_COLUMNS):
+        feature = loaded["train"].features.get(column) if column else None
+        if feature is not None and hasattr(feature, "names"):
+            names = list(feature.names)
+            break
+    return frames, names
+
+
+# -- validation and normalisation -------------------------------------------------------
+def _pick_column(frame: pd.DataFrame, wanted: str | None, defaults: tuple[str, ...], what: str, where: str, flag: str) -> str:
+    if wanted is not None:
+        if wanted not in frame.columns:
+            raise DistilleryError(f"{what} column {wanted!r} is not in {where}: its columns are {list(frame.columns)}; fix {flag}")
+        return wanted
+    for name in defaults:
+        if name in frame.columns:
+            return name
+    raise DistilleryError(
+        f"no {what} column in {where}: looked for {', '.join(defaults)} among {list(frame.columns)}; name it with {flag}"
+    )
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def infer_label_names(frames: Mapping[str, pd.DataFrame], label_column: Mapping[str, str]) -> list[str]:
+    values = pd.concat([frame[label_column[split]] for split, frame in frames.items()])
+    ints = [_as_int(v) for v in values.unique()]
+    if all(i is not None and i >= 0 for i in ints):
+        return [str(i) for i in range(max(ints) + 1)]
+    return sorted(str(v) for v in values.unique())
+
+
+def label_ids(values: pd.Series, names: list[str], where: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(names)}
+    ids = np.empty(len(values), dtype=np.int64)
+    bad: dict[str, int] = {}
+    for row, value in enumerate(values):
+        label = index.get(str(value).strip()) if isinstance(value, str) else None
+        if label is None:
+            number = _as_int(value)
+            label = number if number is not None and 0 <= number < len(names) else None
+        if label is None:
+            bad.setdefault(repr(value), row + 1)
+            continue
+        ids[row] = label
+    if bad:
+        shown = ", ".join(f"{v} (row {r})" for v, r in list(bad.items())[:5])
+        raise DistilleryError(
+            f"labels outside the label set {names} in {where}: {shown}; fix those rows, "
+            f"or pass the full label set with --label-names"
+        )
+    return ids
+
+
+def normalise_split(frame: pd.DataFrame, text_col: str, label_col: str, names: list[str], where: str) -> pd.DataFrame:
+    if len(frame) == 0:
+        raise DistilleryError(f"{where} is empty: it needs at least one labelled row")
+    texts = frame[text_col].map(lambda v: v.strip() if isinstance(v, str) else v)
+    not_text = [i + 1 for i, v in enumerate(texts) if not isinstance(v, str)]
+    if not_text:
+        raise DistilleryError(f"{where} has non-text values in column {text_col!r} at rows {not_text[:5]}; fix or remove them")
+    empty = [i + 1 for i, v in enumerate(texts) if not v]
+    if empty:
+        raise DistilleryError(
+            f"{where} has {len(empty)} empty text(s), at rows {empty[:5]}{' ...' if len(empty) > 5 else ''}; "
+            f"remove those rows or fill in their text"
+        )
+    return pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": label_ids(frame[label_col], names, where)})
+
+
+def _sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    if limit is None or len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    keep = np.sort(np.random.default_rng(seed).choice(len(frame), size=limit, replace=False))
+    return frame.iloc[keep].reset_index(drop=True)
+
+
+def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Read, check and normalise every split. Raises DistilleryError on any bad input."""
+    if is_hub_id(params.source):
+        raw, hub_names = _load_hub(params)
+        where = {split: f"{params.source} [{split}]" for split in raw}
+    else:
+        fs, _ = _folder(params.source)
+        files = locate_split_files(params)
+        raw = {split: read_table(fs, path) for split, path in files.items()}
+        hub_names, where = None, files
+    text_col = {s: _pick_column(f, params.text_column, TEXT_COLUMNS, "text", where[s], "--text-column") for s, f in raw.items()}
+    label_col = {s: _pick_column(f, params.label_column, LABEL_COLUMNS, "label", where[s], "--label-column") for s, f in raw.items()}
+    names = params.label_names or hub_names or infer_label_names(raw, label_col)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise DistilleryError(f"label set {names} needs at least two distinct names; fix --label-names")
+    splits = {s: normalise_split(f, text_col[s], label_col[s], names, where[s]) for s, f in raw.items()}
+    if "validation" not in splits:
+        train = splits["train"]
+        order = np.random.default_rng(params.seed).permutation(len(train))
+        cut = max(1, int(round(len(train) * params.validation_fraction)))
+        if len(train) - cut < 1:
+            raise DistilleryError(f"train split of {params.source} has {len(train)} row(s): too few to hold out validation")
+        splits["validation"] = train.iloc[np.sort(order[:cut])].reset_index(drop=True)
+        splits["train"] = train.iloc[np.sort(order[cut:])].reset_index(drop=True)
+    splits["train"] = _sample(splits["train"], params.max_train_rows, params.seed)
+    for split in ("validation", "test"):
+        splits[split] = _sample(splits[split], params.max_eval_rows, params.seed)
+    return splits, list(names)
+
+
+def source_fingerprint(params: DataParams) -> dict:
+    """What the source holds, for the cache key: file checksums, or the Hub id and revision.
+
+    A file edited in place changes the key, so it is read again; Hub data sets are
+    versioned by their revision.
+    """
+    if is_hub_id(params.source):
+        return {"hub": params.source, "revision": params.revision}
+    fs, _ = _folder(params.source)
+    checksums = {}
+    for split, path in sorted(locate_split_files(params).items()):
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        checksums[split] = {"name": path.rsplit("/", 1)[-1], "sha256": digest.hexdigest()}
+    return {"files": checksums}
+
+
+def build_dataset(params: DataParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
+    splits, names = load_splits(params)
+    for split, frame in splits.items():
+        frame.to_parquet(out / f"{split}.parquet", index=False)
+    (out / "labels.json").write_text(json.dumps({"names": names}))
+    counts = {s: {names[i]: int(n) for i, n in enumerate(np.bincount(f["label"], minlength=len(names)))} for s, f in splits.items()}
+    progress.info("fetch_dataset: " + ", ".join(f"{s} {len(f)} rows" for s, f in splits.items()))
+    return {"rows": {s: len(f) for s, f in splits.items()}, "label_counts": counts, "labels": names}
+
+
+def read_dataset(folder: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    names = json.loads((folder / "labels.json").read_text())["names"]
+    return {s: pd.read_parquet(folder / f"{s}.parquet") for s in SPLITS}, names
+
+
+STAGE = Stage(
+    name="fetch_dataset",
+    kind="dataset",
+    params=DataParams,
+    inputs=(),
+    build=build_dataset,
+    libraries=("pandas", "pyarrow"),
+    extra_key=source_fingerprint,
+)

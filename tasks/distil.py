@@ -1,0 +1,112 @@
+"""Stage `distil_student`: a shallower copy of the teacher, trained on its logits.
+
+The student is built DistilBERT-style: same width, a subset of the teacher's layers
+(every other one by default), with embeddings, pooler and classifier copied from
+the fine-tuned teacher. It is then trained to match the teacher's logits. The
+default loss is the mean squared error between student and teacher logits (the
+loss of Intel's BERT-Mini SST-2 recipe); "kl" is the usual Hinton-style loss on
+temperature-softened distributions. Either can be mixed with hard-label cross-entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from artifacts.stage import Progress, Stage
+from tasks.errors import DistilleryError
+from tasks.models import load_trained
+from tasks.tokenize import read_tokens
+from tasks.training import TrainParams, predict_logits, train
+
+
+class StudentParams(TrainParams):
+    layers: list[int] | None = Field(None, description="teacher layers the student keeps, e.g. [0, 2, 4]; default every other layer")
+    loss: Literal["mse", "kl"] = Field("mse", description="distillation loss on logits: mse (Intel's BERT-Mini recipe) or kl with temperature")
+    temperature: float = Field(2.0, gt=0, le=20, description="softening temperature for the kl loss")
+    hard_label_weight: float = Field(0.0, ge=0, le=1, description="weight of cross-entropy on the true labels, mixed into the loss")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate")
+
+    @model_validator(mode="after")
+    def _layers_are_distinct_and_ordered(self) -> "StudentParams":
+        if self.layers is not None:
+            if not self.layers:
+                raise ValueError("student layers must not be empty")
+            if sorted(set(self.layers)) != self.layers or min(self.layers) < 0:
+                raise ValueError(f"student layers {self.layers} must be distinct, ascending, non-negative indices")
+        return self
+
+
+def student_layers(params: StudentParams, teacher_layers: int) -> list[int]:
+    layers = params.layers if params.layers is not None else list(range(0, teacher_layers, 2))
+    if max(layers) >= teacher_layers:
+        raise DistilleryError(
+            f"student layers {layers} do not fit a {teacher_layers}-layer teacher: pick layers "
+            f"from 0..{teacher_layers - 1} (e.g. --student-layers "
+            f"{','.join(map(str, range(0, teacher_layers, 2)))})"
+        )
+    return layers
+
+
+def shrink(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+    """The teacher with only `layers` kept in its encoder, weights copied."""
+    student = copy.deepcopy(teacher)
+    encoder = student.base_model.encoder
+    encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in layers)
+    student.config.num_hidden_layers = len(layers)
+    for position, layer in enumerate(encoder.layer):
+        if hasattr(layer, "attention") and hasattr(layer.attention, "self"):
+            layer.attention.self.layer_idx = position  # keeps cache indexing consistent
+    return student
+
+
+def distillation_loss(params: StudentParams, student_logits, teacher_logits, labels) -> torch.Tensor:
+    if params.loss == "mse":
+        soft = F.mse_loss(student_logits, teacher_logits)
+    else:
+        t = params.temperature
+        soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                        log_target=True, reduction="batchmean") * t * t
+    if params.hard_label_weight == 0:
+        return soft
+    hard = F.cross_entropy(student_logits, labels)
+    return (1 - params.hard_label_weight) * soft + params.hard_label_weight * hard
+
+
+def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
+    tokens = inputs["tokens"]
+    teacher = load_trained(inputs["teacher"] / "model")
+    layers = student_layers(params, teacher.config.num_hidden_layers)
+    train_ids, train_labels = read_tokens(tokens, "train")
+    progress.info(f"distil_student: teacher logits for {len(train_ids)} examples")
+    teacher_logits = torch.from_numpy(predict_logits(teacher, train_ids))
+    labels = torch.from_numpy(train_labels)
+    student = shrink(teacher, layers)
+    del teacher
+
+    def loss(model, batch, input_ids, mask):
+        logits = model(input_ids=input_ids, attention_mask=mask).logits
+        return distillation_loss(params, logits, teacher_logits[batch], labels[batch])
+
+    history = train(student, train_ids, loss, params, progress, "distil_student", read_tokens(tokens, "validation"))
+    student.save_pretrained(out / "model", safe_serialization=True)
+    (out / "student.json").write_text(json.dumps({"teacher_layers": layers}))
+    history["layers"] = layers
+    history["parameters"] = sum(p.numel() for p in student.parameters())
+    return history
+
+
+STAGE = Stage(
+    name="distil_student",
+    kind="model",
+    params=StudentParams,
+    inputs=("tokens", "teacher"),
+    build=build_student,
+    libraries=("torch", "transformers"),
+)

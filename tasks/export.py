@@ -1,0 +1,92 @@
+"""Stage `export_onnx`: the student as an ONNX graph with dynamic batch and length.
+
+Uses the TorchScript-based exporter (`dynamo=False`): it is fast, and its graphs
+quantize directly, where the dynamo exporter's need their shape annotations cleared
+first. The export is only published if ONNX Runtime reproduces PyTorch's logits on
+real validation sentences, batched with padding and one at a time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifacts.stage import Progress, Stage
+from tasks.batching import pad
+from tasks.models import load_trained
+from tasks.tokenize import read_tokens
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+
+
+class ExportParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    opset: int = Field(17, ge=14, le=20, description="ONNX opset version")
+    parity_tolerance: float = Field(1e-3, gt=0, description="largest allowed |logit difference| between PyTorch and ONNX Runtime")
+    parity_examples: int = Field(64, ge=1, description="validation sentences used for the parity check")
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
+
+
+def export(model: torch.nn.Module, path: Path, opset: int) -> None:
+    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and legacy-exporter deprecation noise
+        torch.onnx.export(
+            model, example, str(path), dynamo=False, opset_version=opset,
+            input_names=list(INPUT_NAMES), output_names=["logits"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+        )
+
+
+def parity_gap(model: torch.nn.Module, session, sequences: list[np.ndarray]) -> float:
+    """Largest |logit difference| over one padded batch and each sentence alone."""
+    batches = [list(range(len(sequences)))] + [[i] for i in range(min(8, len(sequences)))]
+    gap = 0.0
+    with torch.inference_mode():
+        for batch in batches:
+            ids, mask = pad(sequences, batch)
+            reference = model(input_ids=ids, attention_mask=mask).logits.numpy()
+            gap = max(gap, float(np.abs(onnx_logits(session, ids.numpy(), mask.numpy()) - reference).max()))
+    return gap
+
+
+def build_onnx(params: ExportParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
+    model = load_trained(inputs["model"] / "model")
+    path = out / "model.onnx"
+    export(model, path, params.opset)
+    sequences, _ = read_tokens(inputs["tokens"], "validation")
+    gap = parity_gap(model, onnx_session(path), sequences[: params.parity_examples])
+    if gap > params.parity_tolerance:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {gap:.2e} > {params.parity_tolerance:.0e}; not publishing it")
+    (out / "config.json").write_bytes((inputs["model"] / "model" / "config.json").read_bytes())
+    progress.info(f"export_onnx: parity gap {gap:.2e}, {path.stat().st_size / 1e6:.1f} MB")
+    return {"parity_max_abs_diff": gap, "size_bytes": path.stat().st_size}
+
+
+STAGE = Stage(
+    name="export_onnx",
+    kind="onnx",
+    params=ExportParams,
+    inputs=("model", "tokens"),
+    build=build_onnx,
+    libraries=("torch", "transformers", "onnx", "onnxruntime"),
+)

@@ -1,0 +1,113 @@
+"""The training loop shared by teacher fine-tuning and student distillation.
+
+Plain PyTorch (AdamW, linear warm-up then decay, length-grouped dynamic padding) so
+that every step is visible here rather than inside a framework.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifacts.stage import Progress
+from tasks.batching import inference_batches, length_grouped_batches, pad, random_batches
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(3, gt=0, le=100, description="passes over the training split (fractions allowed)")
+    batch_size: int = Field(32, ge=1, le=4096, description="examples per optimisation step")
+    learning_rate: float = Field(5e-5, gt=0, lt=1, description="peak AdamW learning rate")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of steps spent warming up the learning rate")
+    weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay (not applied to biases and LayerNorm)")
+    group_by_length: bool = Field(True, description="batch examples of similar length together to pad less")
+    seed: int = Field(42, description="seed for initialisation, dropout and batch order")
+
+
+# loss(model, batch_indices, input_ids, attention_mask) -> scalar tensor
+LossFn = Callable[[torch.nn.Module, np.ndarray, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, weight in model.named_parameters():
+        (no_decay if weight.ndim < 2 or "LayerNorm" in name else decay).append(weight)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=params.learning_rate,
+    )
+
+
+def train(
+    model: torch.nn.Module,
+    sequences: Sequence[np.ndarray],
+    loss_fn: LossFn,
+    params: TrainParams,
+    progress: Progress,
+    label: str,
+    validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
+) -> dict:
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    lengths = [len(s) for s in sequences]
+    full_epochs, partial = divmod(params.epochs, 1)
+    plan: list[np.ndarray] = []
+    for epoch in range(int(full_epochs) + (1 if partial else 0)):
+        batches = (length_grouped_batches(lengths, params.batch_size, rng) if params.group_by_length
+                   else random_batches(len(lengths), params.batch_size, rng))
+        if epoch == int(full_epochs):
+            batches = batches[: max(1, int(len(batches) * partial))]
+        plan.extend(batches)
+    optimizer = _optimizer(model, params)
+    warmup = int(len(plan) * params.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (len(plan) - step) / max(1, len(plan) - warmup)),
+    )
+    model.train()
+    started, running, tokens, padded = time.time(), 0.0, 0, 0
+    for step, batch in enumerate(plan, start=1):
+        input_ids, mask = pad(sequences, batch)
+        loss = loss_fn(model, batch, input_ids, mask)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        tokens += int(mask.sum())
+        padded += mask.numel()
+        progress.step(label, step, len(plan), loss=running)
+    seconds = time.time() - started
+    history = {
+        "steps": len(plan),
+        "final_loss": round(running, 5),
+        "train_seconds": round(seconds, 2),
+        "examples_per_second": round(sum(len(b) for b in plan) / seconds, 2),
+        "padding_share": round(1 - tokens / max(1, padded), 4),
+    }
+    if validation is not None:
+        logits = predict_logits(model, validation[0])
+        history["validation_accuracy"] = round(float((logits.argmax(1) == validation[1]).mean()), 5)
+        progress.info(f"{label}: validation accuracy {history['validation_accuracy']:.4f}")
+    model.eval()
+    return history
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, sequences: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    out: np.ndarray | None = None
+    for batch in inference_batches([len(s) for s in sequences], batch_size):
+        input_ids, mask = pad(sequences, batch)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits.float().numpy()
+        if out is None:
+            out = np.zeros((len(sequences), logits.shape[1]), dtype=np.float32)
+        out[batch] = logits
+    assert out is not None, "no sequences to predict"
+    return out
