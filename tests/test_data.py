@@ -1,0 +1,137 @@
+"""fetch_dataset: every supported format, and every bad input refused with its fix."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from artifacts.stage import run_stage
+from artifacts.store import ArtifactStore
+from conftest import EMOTION_LABELS, tree_state, write_emotion_slice
+from tasks import data
+from tasks.data import DataParams, load_splits
+from tasks.errors import DistilleryError
+
+
+def params(source, **kw) -> DataParams:
+    return DataParams(source=str(source), label_names=EMOTION_LABELS, **kw)
+
+
+def test_emotion_files_read_with_dair_ai_label_ids(emotion_slice):
+    splits, names = load_splits(params(emotion_slice))
+    assert names == EMOTION_LABELS
+    assert {s: len(f) for s, f in splits.items()} == {"train": 300, "validation": 60, "test": 60}
+    first = (emotion_slice / "train.txt").read_text().splitlines()[1]
+    text, label = first.rsplit(";", 1)
+    assert splits["train"].iloc[0]["text"] == text
+    assert splits["train"].iloc[0]["label"] == EMOTION_LABELS.index(label)
+
+
+def test_glue_tsv_with_dev_as_test_and_seeded_validation(tmp_path):
+    folder = tmp_path / "sst2"
+    folder.mkdir()
+    rows = [f"sentence number {i} \t{i % 2}" for i in range(50)]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\nit 's fine \t1\nbad movie \t0\n")
+    p = DataParams(source=str(folder), split_files={"train": "train.tsv", "test": "dev.tsv"},
+                   label_names=["negative", "positive"], validation_fraction=0.2, seed=7)
+    splits, names = load_splits(p)
+    assert len(splits["validation"]) == 10 and len(splits["train"]) == 40
+    assert splits["test"]["text"].tolist() == ["it 's fine", "bad movie"]  # trailing space stripped
+    again, _ = load_splits(p)
+    assert again["validation"].equals(splits["validation"])
+    other, _ = load_splits(p.model_copy(update={"seed": 8}))
+    assert not other["validation"]["text"].equals(splits["validation"]["text"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_csv_jsonl_parquet_with_column_and_label_mapping(tmp_path, fmt):
+    folder = tmp_path / fmt
+    folder.mkdir()
+    for split, n in (("train", 20), ("validation", 6), ("test", 6)):
+        frame = pd.DataFrame({"review": [f"{split} text {i}" for i in range(n)], "stars": [EMOTION_LABELS[i % 6] for i in range(n)]})
+        path = folder / f"{split}.{fmt}"
+        if fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "jsonl":
+            path.write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
+        else:
+            frame.to_parquet(path)
+    splits, names = load_splits(params(folder, text_column="review", label_column="stars"))
+    assert splits["train"]["label"].tolist()[:6] == [0, 1, 2, 3, 4, 5]
+    assert splits["test"]["text"].iloc[0] == "test text 0"
+
+
+def test_integer_labels_and_inferred_label_set(tmp_path):
+    folder = tmp_path / "ints"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.csv").write_text("text,label\n" + "\n".join(f"t {i},{i % 3}" for i in range(12)))
+    splits, names = load_splits(DataParams(source=str(folder)))
+    assert names == ["0", "1", "2"]
+    assert set(splits["train"]["label"]) | set(splits["validation"]["label"]) == {0, 1, 2}
+
+
+def test_artifact_digest_is_of_content_not_path(tmp_path, emotion_dir):
+    a = write_emotion_slice(emotion_dir, tmp_path / "a", {"train": 50, "val": 10, "test": 10})
+    b = write_emotion_slice(emotion_dir, tmp_path / "elsewhere" / "b", {"train": 50, "val": 10, "test": 10})
+    store = ArtifactStore(tmp_path / "store")
+    assert run_stage(data.STAGE, params(a), {}, store) == run_stage(data.STAGE, params(b), {}, store)
+
+
+def test_slices_are_seeded_samples(emotion_dir):
+    one, _ = load_splits(params(emotion_dir, max_train_rows=200, max_eval_rows=50))
+    two, _ = load_splits(params(emotion_dir, max_train_rows=200, max_eval_rows=50))
+    assert len(one["train"]) == 200 and len(one["test"]) == 50
+    assert one["train"].equals(two["train"])
+    assert len(set(one["train"]["label"])) == 6  # a sample, not the head of the file
+
+
+# -- bad input: each refused with the problem and the fix, nothing stored ----------------
+def _edit(folder, split, transform):
+    path = folder / f"{split}.txt"
+    path.write_bytes(transform(path.read_bytes()))
+
+
+def _strip_labels(folder):
+    for split in ("train", "val", "test"):
+        lines = (folder / f"{split}.txt").read_text().splitlines()
+        (folder / f"{split}.txt").write_text("\n".join(line.rsplit(";", 1)[0] for line in lines) + "\n")
+
+
+BAD_INPUTS = {
+    # case: (how the data or parameters are broken, words of the problem, words of the fix)
+    "missing data path": (lambda f: params(f.parent / "nope"), "does not exist", "--data"),
+    "data path is a file": (lambda f: params(f / "train.txt"), "is a file", "--data"),
+    "missing test split": (lambda f: (f / "test.txt").unlink() or params(f), "no test split", "split_files"),
+    "missing named split file": (lambda f: params(f, split_files={"train": "train.txt", "test": "dev.tsv"}), "dev.tsv", "found"),
+    "unknown label column": (lambda f: params(f, label_column="emotion"), "label column 'emotion' is not in", "--label-column"),
+    "lines without labels": (lambda f: _strip_labels(f) or params(f), "no ';'", "text;label"),
+    "label outside the set": (lambda f: _edit(f, "val", lambda b: b.replace(b";joy\n", b";happiness\n", 1)) or params(f), "outside the label set", "--label-names"),
+    "empty split": (lambda f: _edit(f, "test", lambda b: b"text;label_name\n") or params(f), "is empty", "at least one"),
+    "empty text": (lambda f: _edit(f, "train", lambda b: b + b"   ;joy\n") or params(f), "empty text", "remove those rows"),
+    "not utf-8": (lambda f: _edit(f, "train", lambda b: b + "caf\u00e9;joy\n".encode("latin-1")) or params(f), "not UTF-8", "iconv"),
+    "one-label set": (lambda f: params(f).model_copy(update={"label_names": ["joy"]}), "at least two", "--label-names"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_data_is_refused_before_anything_is_stored(tmp_path, emotion_dir, emotion_slice, case):
+    store = ArtifactStore(tmp_path / "store")
+    good = write_emotion_slice(emotion_dir, tmp_path / "good", {"train": 30, "val": 10, "test": 10})
+    run_stage(data.STAGE, params(good), {}, store)  # the store already holds work
+    make, problem, fix = BAD_INPUTS[case]
+    p = make(emotion_slice)
+    before = tree_state(tmp_path / "store")
+    with pytest.raises(DistilleryError) as error:
+        run_stage(data.STAGE, p, {}, store)
+    message = str(error.value)
+    assert problem in message and fix in message, message
+    assert tree_state(tmp_path / "store") == before
+
+
+def test_hub_id_offline_fails_fast_naming_the_local_option():
+    with pytest.raises(DistilleryError) as error:
+        load_splits(DataParams(source="dair-ai/emotion"))
+    message = str(error.value)
+    assert "dair-ai/emotion" in message and "--data" in message and "DISTILLERY_DATA" in message

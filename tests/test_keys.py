@@ -1,0 +1,91 @@
+"""Cache keys: parameters, upstream content, the stage's whole code, library versions."""
+
+import sys
+import textwrap
+
+import pytest
+
+from artifacts.keys import cache_key, canonical_json, code_fingerprint
+from artifacts.store import ArtifactRef
+from tasks import data, quantize
+
+
+@pytest.fixture
+def fake_tasks_package(tmp_path, monkeypatch):
+    """A throwaway copy of a stage module layout under the `tasks` package name."""
+    root = tmp_path / "src"
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks" / "__init__.py").write_text("")
+    (root / "tasks" / "helpers.py").write_text(textwrap.dedent("""
+        def scale(x):
+            # doubles
+            return x * 2
+    """))
+    (root / "tasks" / "stage_mod.py").write_text(textwrap.dedent("""
+        from tasks.helpers import scale
+
+        def build(x):
+            return scale(x)
+    """))
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m == "tasks" or m.startswith("tasks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return root / "tasks"
+
+
+def test_fingerprint_follows_imported_helpers(fake_tasks_package):
+    before = code_fingerprint(["tasks.stage_mod"])
+    assert set(before) == {"tasks.stage_mod", "tasks.helpers"}
+    helper = fake_tasks_package / "helpers.py"
+    helper.write_text(helper.read_text().replace("x * 2", "x * 3"))
+    after = code_fingerprint(["tasks.stage_mod"])
+    assert after["tasks.helpers"] != before["tasks.helpers"]
+    assert after["tasks.stage_mod"] == before["tasks.stage_mod"]
+
+
+def test_comment_and_layout_edits_do_not_count(fake_tasks_package):
+    before = code_fingerprint(["tasks.stage_mod"])
+    helper = fake_tasks_package / "helpers.py"
+    helper.write_text(helper.read_text().replace("# doubles", "# multiplies by two, see issue 12\n\n"))
+    assert code_fingerprint(["tasks.stage_mod"]) == before
+
+
+def test_real_stage_fingerprints_cover_their_helpers():
+    assert {"tasks.quantize", "tasks.export", "tasks.batching", "tasks.tokenize"} <= set(
+        code_fingerprint([quantize.STAGE.build.__module__])
+    )
+    assert not any(name.startswith("artifacts") for name in code_fingerprint(["tasks.evaluate"]))
+
+
+def test_key_changes_with_each_input_and_only_then():
+    base = dict(stage="quantize", params={"approach": "dynamic"}, upstream={"onnx": "a" * 64},
+                code={"tasks.quantize": "1"}, versions={"onnxruntime": "1.31.1"})
+    key = cache_key(**base)
+    assert cache_key(**base) == key
+    for field, value in [("params", {"approach": "static"}), ("upstream", {"onnx": "b" * 64}),
+                         ("code", {"tasks.quantize": "2"}), ("versions", {"onnxruntime": "1.32"}),
+                         ("stage", "evaluate")]:
+        assert cache_key(**{**base, field: value}) != key, field
+
+
+def test_canonical_json_is_stable():
+    assert canonical_json({"b": 1, "a": [3.0, 2]}) == canonical_json({"a": [3, 2], "b": 1})
+    with pytest.raises(TypeError, match="sets"):
+        canonical_json({"labels": {"a", "b"}})
+
+
+def test_stage_key_depends_on_upstream_digest_not_path():
+    params = quantize.QuantizeParams()
+    one = {"onnx": ArtifactRef(kind="onnx", digest="a" * 64), "tokens": ArtifactRef(kind="tokens", digest="c" * 64)}
+    two = {**one, "onnx": ArtifactRef(kind="onnx", digest="b" * 64)}
+    assert quantize.STAGE.key(params, one) == quantize.STAGE.key(params, one)
+    assert quantize.STAGE.key(params, one) != quantize.STAGE.key(params, two)
+    assert quantize.STAGE.key(params, one) != quantize.STAGE.key(quantize.QuantizeParams(approach="static"), one)
+
+
+def test_fetch_key_follows_file_content(emotion_slice):
+    params = data.DataParams(source=str(emotion_slice))
+    before = data.STAGE.key(params, {})
+    test_file = emotion_slice / "test.txt"
+    test_file.write_text(test_file.read_text() + "i feel fine;joy\n")
+    assert data.STAGE.key(params, {}) != before

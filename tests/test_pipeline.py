@@ -1,0 +1,169 @@
+"""The emotion flow end to end, as users run it: `python flows/emotion.py --smoke ...`.
+
+Each run is a real process with its own temporary Prefect server; they share only
+the artifact store, as separate runs on one machine do.
+"""
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from artifacts.store import ArtifactStore
+from conftest import REPO, copy_project, run_cli, tree_state
+from flows.pipeline import STAGE_NAMES
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory, emotion_dir):
+    """One cold smoke run on real emotion data; tests copy its store before changing it."""
+    tmp = tmp_path_factory.mktemp("cold")
+    args = ["--smoke", "--data", str(emotion_dir)]
+    run = run_cli([*args, "--store", str(tmp / "store")], tmp)
+    assert run.code == 0, run.output[-4000:]
+    return tmp / "store", args, run
+
+
+def store_copy(cold, tmp_path) -> Path:
+    target = tmp_path / "store"
+    shutil.copytree(cold[0], target)
+    return target
+
+
+def test_cold_run_computes_every_stage_and_reports(cold):
+    store, _, run = cold
+    assert list(run.summary["stages"]) == list(STAGE_NAMES)
+    assert run.computed() == set(STAGE_NAMES)
+    for stage in run.summary["stages"].values():
+        assert ArtifactStore(store).verify(stage["artifact"]).ok and stage["seconds"] > 0
+    for model in ("teacher", "student", "student_int8"):
+        m = run.summary["metrics"][model]
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 and m["latency_p50_ms"] > 0
+    assert "student_int8" in run.output and "fine_tune_teacher" in run.output  # the printed table
+    assert ArtifactStore(store).resolve_alias("emotion/latest").digest == run.summary["stages"]["quantize"]["artifact"]
+
+
+def test_identical_rerun_is_entirely_cached(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert set(run.states().values()) == {"cached"}
+    assert {k: v["artifact"] for k, v in run.summary["stages"].items()} == {k: v["artifact"] for k, v in cold[2].summary["stages"].items()}
+
+
+def test_quantization_change_recomputes_only_quantize_and_evaluate(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store), "--quantize-approach", "static", "--quantize-quant-format", "QDQ"], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == {"quantize", "evaluate"}
+
+
+def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
+    project = copy_project(tmp_path / "project")
+    module = project / "tasks" / "distil.py"
+    source = module.read_text()
+    edited = source.replace("        soft = F.mse_loss(student_logits, teacher_logits)",
+                            "        soft = 0.5 * F.mse_loss(student_logits, teacher_logits)")
+    assert edited != source, "the helper to edit moved; update this test"
+    module.write_text(edited)
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
+
+
+def test_comment_edit_recomputes_nothing(cold, tmp_path):
+    project = copy_project(tmp_path / "project")
+    module = project / "tasks" / "teacher.py"
+    module.write_text(module.read_text() + "\n# a comment changes no behaviour\n")
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
+    assert run.code == 0 and run.computed() == set(), run.output[-3000:]
+
+
+@pytest.mark.parametrize("damage", ["delete", "flip_byte"])
+def test_damaged_artifact_is_recomputed_not_served(cold, tmp_path, damage):
+    store = store_copy(cold, tmp_path)
+    digest = cold[2].summary["stages"]["quantize"]["artifact"]
+    model = store / "objects" / digest / "model.onnx"
+    if damage == "delete":
+        shutil.rmtree(model.parent)
+    else:
+        raw = bytearray(model.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        model.write_bytes(bytes(raw))
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert "quantize" in run.computed()
+    assert run.computed() <= {"quantize", "evaluate"}
+    assert "unusable" in run.output  # logged as such
+    assert ArtifactStore(store).verify(run.summary["stages"]["quantize"]["artifact"]).ok
+
+
+def test_two_identical_concurrent_runs_compute_each_stage_once(tmp_path, emotion_dir):
+    store = tmp_path / "store"
+    args = ["--smoke", "--data", str(emotion_dir), "--store", str(store), "--evaluate-latency-sentences", "5"]
+    runs = [None, None]
+
+    def start(i):
+        runs[i] = run_cli(args, tmp_path)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.code == 0 for r in runs), [r.output[-2000:] for r in runs]
+    for stage in STAGE_NAMES:
+        states = sorted(r.states()[stage] for r in runs)
+        assert states == ["cached", "computed"], (stage, states)
+    assert not list((store / "locks").glob("*.lock"))  # every lease released
+
+
+def test_bad_input_exits_early_with_the_fix_and_leaves_the_store_alone(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    before = tree_state(store)
+    cases = [
+        (["--smoke", "--data", str(tmp_path / "missing")], "does not exist"),
+        (["--smoke", "--data", cold[1][2], "--student-layers", "0,5"], "student layers [0, 5] do not fit"),
+        (["--smoke", "--data", cold[1][2], "--teacher", "./no-such-model"], "does not exist"),
+        (["--smoke", "--data", cold[1][2], "--teacher-epochs", "-1"], "--teacher-epochs"),
+        (["--smoke", "--data", cold[1][2], "--quantize-approach", "float8"], "invalid choice"),
+    ]
+    for args, message in cases:
+        run = run_cli([*args, "--store", str(store)], tmp_path, timeout=120)
+        assert run.code == 2, (args, run.output[-2000:])
+        assert message in run.output, (args, run.output[-2000:])
+        assert "Traceback" not in run.output
+    assert tree_state(store) == before
+
+
+def test_offline_hub_default_fails_at_once_naming_the_local_option(tmp_path):
+    run = run_cli(["--store", str(tmp_path / "store")], tmp_path, timeout=120)
+    assert run.code == 2
+    assert "dair-ai/emotion" in run.output and "--data" in run.output and "DISTILLERY_DATA" in run.output
+    assert not (tmp_path / "store" / "objects").exists()
+
+
+def test_data_path_from_the_environment(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    run = run_cli(["--smoke", "--store", str(store)], tmp_path, extra_env={"DISTILLERY_DATA": cold[1][2]})
+    assert run.code == 0 and run.computed() == set(), run.output[-3000:]
+
+
+def test_help_documents_every_parameter():
+    out = subprocess.run([sys.executable, "flows/emotion.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    from flows.cli import DERIVED, SECTIONS, _flag
+    from flows.presets import emotion
+
+    preset = emotion()
+    for section in SECTIONS:
+        for field, info in type(getattr(preset, section)).model_fields.items():
+            if (section, field) not in DERIVED:
+                assert _flag(section, field) in out, (section, field)
+                assert info.description, f"{section}.{field} has no description"
+    for flag in ("--data", "--store", "--summary", "--smoke", "DISTILLERY_DATA", "DISTILLERY_STORE"):
+        assert flag in out

@@ -1,0 +1,193 @@
+"""Each stage as a plain function (no Prefect), on a slice of real emotion data with tiny models."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from artifacts.stage import run_stage
+from artifacts.store import ArtifactStore
+from conftest import EMOTION_LABELS, write_emotion_slice
+from tasks import data, distil, evaluate, export, quantize, teacher, tokenize
+from tasks.batching import length_grouped_batches, pad, random_batches
+from tasks.errors import DistilleryError
+from tasks.export import onnx_logits, onnx_session
+from tasks.models import load_classifier, load_config, load_trained
+from tasks.tokenize import read_tokens
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, emotion_dir):
+    """Real stages run once, in order, on 400 training tweets with a tiny teacher."""
+    root = tmp_path_factory.mktemp("stages")
+    store = ArtifactStore(root / "store")
+    folder = write_emotion_slice(emotion_dir, root / "emotion", {"train": 400, "val": 100, "test": 100})
+    refs = {"dataset": run_stage(data.STAGE, data.DataParams(source=str(folder), label_names=EMOTION_LABELS), {}, store)}
+    refs["tokens"] = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny", max_length=32), {"dataset": refs["dataset"]}, store)
+    refs["teacher"] = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny", epochs=6, learning_rate=3e-3, batch_size=16), {"tokens": refs["tokens"]}, store)
+    refs["student"] = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    refs["onnx"] = run_stage(export.STAGE, export.ExportParams(), {"model": refs["student"], "tokens": refs["tokens"]}, store)
+    return store, refs
+
+
+def test_tokenize_truncates_and_keeps_real_lengths(pipeline):
+    store, refs = pipeline
+    ids, labels = read_tokens(store.open(refs["tokens"]), "train")
+    lengths = [len(s) for s in ids]
+    assert max(lengths) <= 32 and min(lengths) < 32  # truncated, not padded
+    assert all(s[0] == 101 and s[-1] == 102 for s in ids)  # [CLS] ... [SEP]
+    assert len(ids) == len(labels) == 400
+    stats = store.manifest(refs["tokens"])["metrics"]
+    assert stats["train"]["truncated"] == sum(1 for n in lengths if n == 32) or stats["train"]["truncated"] >= 0
+    assert (store.open(refs["tokens"]) / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_length_grouped_batches_pad_far_less_than_random(emotion_dir):
+    from tasks.models import load_tokenizer
+
+    frame, _ = data.load_splits(data.DataParams(source=str(emotion_dir), label_names=EMOTION_LABELS, max_train_rows=3000))
+    ids = load_tokenizer("minilm")(frame["train"]["text"].tolist(), truncation=True, max_length=64)["input_ids"]
+    ids = [np.asarray(s) for s in ids]
+
+    def padded_share(batches):
+        total = sum(pad(ids, b)[1].numel() for b in batches)
+        return 1 - sum(len(s) for s in ids) / total
+
+    rng = np.random.default_rng(0)
+    grouped = length_grouped_batches([len(s) for s in ids], 32, rng)
+    assert sorted(np.concatenate(grouped).tolist()) == list(range(len(ids)))  # every example once
+    assert padded_share(grouped) < 0.1 < 0.4 < padded_share(random_batches(len(ids), 32, rng))
+
+
+def test_teacher_training_lowers_the_loss_and_saves_safetensors(pipeline):
+    store, refs = pipeline
+    folder = store.open(refs["teacher"])
+    metrics = store.manifest(refs["teacher"])["metrics"]
+    assert metrics["final_loss"] < 0.9 * np.log(6)  # below the loss of uniform guessing
+    assert (folder / "model" / "model.safetensors").exists()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # no pickles
+    model = load_trained(folder / "model")
+    assert model.config.id2label[0] == "sadness" and model.config.num_hidden_layers == 2
+
+
+def test_student_is_a_layer_subset_of_the_teacher():
+    teacher_model = load_classifier("tiny", EMOTION_LABELS)
+    student = distil.shrink(teacher_model, [1])
+    assert student.config.num_hidden_layers == 1
+    assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher_model.bert.encoder.layer[1].output.dense.weight)
+    assert torch.equal(student.classifier.weight, teacher_model.classifier.weight)
+    assert teacher_model.config.num_hidden_layers == 2  # the teacher is left whole
+
+
+def test_distillation_moves_the_student_towards_the_teacher(pipeline):
+    from tasks.training import predict_logits
+
+    store, refs = pipeline
+    assert store.manifest(refs["student"])["metrics"]["layers"] == [0]
+    ids, _ = read_tokens(store.open(refs["tokens"]), "train")
+    teacher_model = load_trained(store.open(refs["teacher"]) / "model")
+    target = predict_logits(teacher_model, ids)
+    untrained = predict_logits(distil.shrink(teacher_model, [0]), ids)
+    trained = predict_logits(load_trained(store.open(refs["student"]) / "model"), ids)
+    assert ((trained - target) ** 2).mean() < 0.5 * ((untrained - target) ** 2).mean()
+    assert (trained.argmax(1) == target.argmax(1)).mean() > (untrained.argmax(1) == target.argmax(1)).mean()
+
+
+@pytest.mark.parametrize("loss,weight", [("mse", 0.5), ("kl", 0.0), ("kl", 0.5)])
+def test_distillation_losses(loss, weight):
+    p = distil.StudentParams(loss=loss, hard_label_weight=weight, temperature=2.0)
+    teacher_logits = torch.tensor([[2.0, 0.0, -1.0]])
+    labels = torch.tensor([0])
+    assert distil.distillation_loss(p, teacher_logits.clone(), teacher_logits, labels).item() == pytest.approx(
+        weight * torch.nn.functional.cross_entropy(teacher_logits, labels).item(), abs=1e-6)
+    assert distil.distillation_loss(p, torch.zeros(1, 3), teacher_logits, labels) > 0
+
+
+def test_student_deeper_than_teacher_is_refused():
+    with pytest.raises(DistilleryError, match="do not fit a 2-layer teacher"):
+        distil.student_layers(distil.StudentParams(layers=[0, 2]), 2)
+    with pytest.raises(ValueError, match="distinct, ascending"):
+        distil.StudentParams(layers=[2, 0])
+    assert distil.student_layers(distil.StudentParams(), 6) == [0, 2, 4]
+
+
+def test_onnx_export_matches_pytorch_at_any_batch_and_length(pipeline):
+    store, refs = pipeline
+    model = load_trained(store.open(refs["student"]) / "model")
+    session = onnx_session(store.open(refs["onnx"]) / "model.onnx")
+    ids, _ = read_tokens(store.open(refs["tokens"]), "test")
+    for batch in ([0], [1, 2, 3], list(range(40))):
+        input_ids, mask = pad(ids, batch)
+        with torch.inference_mode():
+            expected = model(input_ids=input_ids, attention_mask=mask).logits.numpy()
+        assert np.abs(onnx_logits(session, input_ids.numpy(), mask.numpy()) - expected).max() < 1e-4
+    assert store.manifest(refs["onnx"])["metrics"]["parity_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("approach,fmt", [("dynamic", "QOperator"), ("static", "QOperator"), ("static", "QDQ")])
+def test_inc_quantization_gives_a_smaller_int8_model_that_agrees(pipeline, approach, fmt):
+    store, refs = pipeline
+    ref = run_stage(quantize.STAGE, quantize.QuantizeParams(approach=approach, quant_format=fmt, calibration_samples=64),
+                    {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    folder = store.open(ref)
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    int8_ops = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear"}
+    assert int8_ops & {node.op_type for node in graph.node}
+    metrics = store.manifest(ref)["metrics"]
+    assert metrics["size_bytes"] < 0.6 * store.manifest(refs["onnx"])["metrics"]["size_bytes"]
+    assert metrics["validation_agreement"] >= 0.9
+    assert not Path("nc_workspace").exists()  # INC's scratch space stays out of the working directory
+
+
+def test_inc_returning_none_is_a_clear_failure(pipeline, monkeypatch):
+    store, refs = pipeline
+
+    class WrongInputs(quantize.CalibrationBatches):
+        def __iter__(self):  # an input the graph does not have: INC logs, swallows and returns None
+            for ids, mask in self.batches:
+                yield {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": ids.numpy()}, None
+
+    monkeypatch.setattr(quantize, "CalibrationBatches", WrongInputs)
+    before = store.digests()
+    with pytest.raises(RuntimeError, match="fit returned None"):
+        run_stage(quantize.STAGE, quantize.QuantizeParams(approach="static", calibration_samples=16),
+                  {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    assert store.digests() == before
+
+
+def test_metric_module_against_hand_computed_values():
+    import evaluate as hf_evaluate
+
+    metric = hf_evaluate.load(str(evaluate.METRIC_MODULE))
+    result = metric.compute(predictions=[0, 0, 1, 2, 2, 2], references=[0, 1, 1, 2, 2, 0], num_labels=3)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    assert result["confusion_matrix"] == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
+    # class 0: p=1/2 r=1/2; class 1: p=1 r=1/2; class 2: p=2/3 r=1
+    assert result["per_class_f1"] == pytest.approx([0.5, 2 / 3, 0.8])
+    assert result["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+
+
+def test_evaluate_reports_quality_speed_and_size_for_three_models(pipeline):
+    store, refs = pipeline
+    int8 = run_stage(quantize.STAGE, quantize.QuantizeParams(), {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    report = run_stage(evaluate.STAGE, evaluate.EvaluateParams(latency_sentences=20, warmup=2),
+                       {"tokens": refs["tokens"], "teacher": refs["teacher"], "student": refs["student"], "student_int8": int8}, store)
+    metrics = json.loads((store.open(report) / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"teacher", "student", "student_int8"}
+    for m in metrics["models"].values():
+        assert sum(map(sum, m["confusion_matrix"])) == 100 == metrics["test_rows"]
+        assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+        assert len(m["per_class_f1"]) == 6 and 0 <= m["macro_f1"] <= 1
+    assert metrics["models"]["student_int8"]["size_bytes"] < metrics["models"]["student"]["size_bytes"]
+
+
+def test_unknown_models_fail_with_the_offline_fix(tmp_path):
+    with pytest.raises(DistilleryError, match="does not exist"):
+        load_config(str(tmp_path / "no-such-checkpoint"))
+    with pytest.raises(DistilleryError) as error:
+        load_config("no-such-org/no-such-model")
+    assert "Hub" in str(error.value) and "'minilm'" in str(error.value)
+    assert load_config("minilm").num_hidden_layers == 6

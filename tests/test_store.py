@@ -1,0 +1,119 @@
+"""The content-addressed store: identity by content, atomic publish, verified reads."""
+
+from pathlib import Path
+
+import pytest
+
+from artifacts.store import MANIFEST, ArtifactRef, ArtifactStore, StoreError
+
+
+def publish(store: ArtifactStore, files: dict[str, bytes], kind: str = "model", **manifest) -> ArtifactRef:
+    with store.new_artifact() as out:
+        for name, content in files.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(content)
+        return store.publish(out, kind, manifest)
+
+
+def test_digest_depends_on_content_not_on_manifest_or_time(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    first = publish(store, {"a.bin": b"weights", "sub/b.json": b"{}"}, stage="x", seconds=1)
+    again = publish(store, {"a.bin": b"weights", "sub/b.json": b"{}"}, stage="x", seconds=99)
+    other = publish(store, {"a.bin": b"weights!", "sub/b.json": b"{}"})
+    assert first == again
+    assert other.digest != first.digest
+    assert store.manifest(first)["seconds"] == 1  # the first publication is kept
+    assert store.digests() == sorted([first.digest, other.digest])
+
+
+def test_published_artifact_is_complete_and_staging_is_cleaned(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    ref = publish(store, {"model.onnx": b"x" * 1000})
+    folder = store.open(ref)
+    assert (folder / "model.onnx").read_bytes() == b"x" * 1000
+    manifest = store.manifest(ref)
+    assert set(manifest["files"]) == {"model.onnx"} and manifest["sizes"]["model.onnx"] == 1000
+    assert list((tmp_path / "store" / "staging").iterdir()) == []
+
+
+def test_failed_build_publishes_nothing(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(RuntimeError):
+        with store.new_artifact() as out:
+            (out / "half.bin").write_bytes(b"partial")
+            raise RuntimeError("killed mid-write")
+    assert store.digests() == []
+    assert list((tmp_path / "store" / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["delete_file", "truncate", "flip_byte", "delete_manifest", "extra_garbage_manifest"])
+def test_damaged_artifact_fails_verification_and_is_never_opened(tmp_path, damage):
+    store = ArtifactStore(tmp_path / "store")
+    ref = publish(store, {"model.bin": bytes(range(256)) * 40})
+    assert store.verify(ref).ok
+    folder = Path(store.object_path(ref.digest))
+    target = folder / "model.bin"
+    if damage == "delete_file":
+        target.unlink()
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:100])
+    elif damage == "flip_byte":
+        data = bytearray(target.read_bytes())
+        data[1234] ^= 0x01
+        target.write_bytes(bytes(data))
+    elif damage == "delete_manifest":
+        (folder / MANIFEST).unlink()
+    else:
+        (folder / MANIFEST).write_text("{not json")
+    fresh = ArtifactStore(tmp_path / "store")  # no memory of earlier verification
+    assert not fresh.verify(ref).ok
+    with pytest.raises(StoreError, match="cannot be used"):
+        fresh.open(ref)
+
+
+def test_flipped_byte_detected_even_after_earlier_verification(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    ref = publish(store, {"model.bin": b"a" * 5000})
+    assert store.verify(ref).ok
+    target = Path(store.object_path(ref.digest)) / "model.bin"
+    target.write_bytes(b"b" + b"a" * 4999)  # same size; mtime changes
+    assert store.verify(ref).problem == "file model.bin fails its checksum"
+
+
+def test_republishing_replaces_a_broken_copy(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    ref = publish(store, {"m.bin": b"good"})
+    (Path(store.object_path(ref.digest)) / "m.bin").write_bytes(b"evil")
+    assert publish(store, {"m.bin": b"good"}) == ref
+    assert store.verify(ref).ok
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/abs", "ABC", "a" * 63, "g" * 64])
+def test_artifact_names_cannot_escape_the_store(tmp_path, name):
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(StoreError, match="not a sha256"):
+        store.object_path(name)
+    with pytest.raises(ValueError):
+        ArtifactRef(kind="model", digest=name)
+
+
+def test_aliases_point_at_artifacts_and_reject_escapes(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    ref = publish(store, {"m.bin": b"1"})
+    store.set_alias("emotion/latest", ref)
+    assert store.resolve_alias("emotion/latest") == ref
+    with pytest.raises(StoreError, match="no alias"):
+        store.resolve_alias("sst2/latest")
+    for bad in ("../x", "emotion/../../x", "Emotion/Latest", ""):
+        with pytest.raises(StoreError, match="invalid alias"):
+            store.set_alias(bad, ref)
+
+
+def test_store_works_on_any_fsspec_filesystem():
+    store = ArtifactStore("memory://distillery-test-store")
+    ref = publish(store, {"model.onnx": b"onnx bytes", "config.json": b"{}"})
+    assert store.verify(ref).ok
+    local = store.open(ref)
+    assert (local / "model.onnx").read_bytes() == b"onnx bytes"
+    store.fs.rm(f"{store.object_path(ref.digest)}/model.onnx")
+    assert not ArtifactStore("memory://distillery-test-store").verify(ref).ok
