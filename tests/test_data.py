@@ -135,3 +135,23 @@ def test_hub_id_offline_fails_fast_naming_the_local_option():
         load_splits(DataParams(source="dair-ai/emotion"))
     message = str(error.value)
     assert "dair-ai/emotion" in message and "--data" in message and "DISTILLERY_DATA" in message
+
+
+def test_folder_on_any_fsspec_filesystem(emotion_slice):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in ("train.txt", "val.txt", "test.txt"):
+        fs.pipe(f"/remote-emotion/{name}", (emotion_slice / name).read_bytes())
+    remote, _ = load_splits(params("memory://remote-emotion"))
+    local, _ = load_splits(params(emotion_slice))
+    assert all(remote[s].equals(local[s]) for s in local)
+
+
+def test_csv_without_a_label_column_names_the_columns_found(tmp_path):
+    folder = tmp_path / "nolabel"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.csv").write_text("text,score\nhello,1\nbye,2\n")
+    with pytest.raises(DistilleryError, match=r"no label column .*\['text', 'score'\].*--label-column"):
+        load_splits(DataParams(source=str(folder)))
