@@ -9,13 +9,17 @@ DATA   ?= $(firstword $(wildcard ../shared/data/emotion))
 STORE  ?= .distillery
 OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 
-.PHONY: install run smoke test clean
+.PHONY: install services run smoke test clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[team,test]'
 	touch $@
+
+# PostgreSQL and Redis from Debian, for the team stack (deployments/stack.sh) and its tests.
+services:
+	deployments/install-services.sh
 
 run: install
 	$(PY) flows/emotion.py $(if $(DATA),--data $(DATA)) --store $(STORE) --summary summary-emotion.json
@@ -23,7 +27,7 @@ run: install
 smoke: install
 	$(PY) flows/emotion.py --smoke $(if $(DATA),--data $(DATA)) --store $(STORE)
 
-test: install
+test: install services
 	$(OFFLINE) $(PY) -m pytest
 
 clean:

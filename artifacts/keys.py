@@ -14,10 +14,12 @@ to comments and layout do not count; docstrings, being part of the tree, do.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -84,20 +86,44 @@ def _project_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def _module_code(name: str) -> tuple[str, frozenset[str]]:
+    """A module's syntax-tree hash and the project modules it imports.
+
+    Cached for the life of the process: the key must describe the code this process
+    loaded, even if the file is edited while a long run is under way.
+    """
+    path = _module_file(name)
+    if path is None:
+        raise ValueError(f"cannot fingerprint module {name!r}: no Python source found")
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return sha256_text(ast.dump(tree)), frozenset(_project_imports(tree, name, path.name == "__init__.py"))
+
+
+def snapshot_loaded_code() -> None:
+    """Fingerprint every project module already imported, as it is now (see _module_code)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in FINGERPRINT_PACKAGES and _module_file(name) is not None:
+            _module_code(name)
+
+
+def forget_code() -> None:
+    """Read module files afresh on the next fingerprint (for tests that edit them)."""
+    _module_code.cache_clear()
+
+
 def code_fingerprint(modules: Iterable[str], extra_files: Iterable[Path] = ()) -> dict[str, str]:
     """Hash of each project module a stage runs, found by following its imports."""
+    if _module_code.cache_info().currsize == 0:
+        snapshot_loaded_code()
     hashes: dict[str, str] = {}
     pending = list(modules)
     while pending:
         name = pending.pop()
         if name in hashes:
             continue
-        path = _module_file(name)
-        if path is None:
-            raise ValueError(f"cannot fingerprint module {name!r}: no Python source found")
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        hashes[name] = sha256_text(ast.dump(tree))
-        pending.extend(_project_imports(tree, name, path.name == "__init__.py"))
+        hashes[name], imports = _module_code(name)
+        pending.extend(imports)
     for path in extra_files:
         hashes[f"file:{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return dict(sorted(hashes.items()))

@@ -16,16 +16,16 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from flows.config import PipelineConfig
-from flows.presets import smoke
+from flows.config import SECTIONS, PipelineConfig
+from flows.presets import Overrides, build_config
+from tasks.errors import DistilleryError
 
 # Short names for the flags people type most.
 ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}
 ENVIRONMENT = {("data", "source"): "DISTILLERY_DATA"}
 DERIVED = {("tokenize", "tokenizer")}  # set from the teacher, not by hand
-SECTIONS = ("data", "tokenize", "teacher", "student", "export", "quantize", "evaluate")
 EXIT_BAD_INPUT = 2
 
 
@@ -52,7 +52,7 @@ def _parse_value(annotation: Any, raw: str) -> Any:
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"expected JSON such as '{{\"train\": \"train.tsv\"}}', got {raw!r} ({exc.msg})") from None
+            raise ValueError(f"expected JSON such as '{{\"train\": \"train\", \"test\": \"dev\"}}', got {raw!r} ({exc.msg})") from None
     return raw
 
 
@@ -87,28 +87,23 @@ def build_parser(workload: str, preset: PipelineConfig) -> argparse.ArgumentPars
     return parser
 
 
-def config_from_args(preset: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
-    """The preset (smoke-sized if asked) with the given flags applied; validated."""
-    base = smoke(preset) if args.smoke else preset
-    merged = base.model_dump()
+def overrides_from_args(preset: PipelineConfig, args: argparse.Namespace) -> tuple[str | None, Overrides]:
+    """The data source and the stage parameters given on the command line."""
+    overrides: Overrides = {}
+    data = None
     for key, raw in vars(args).items():
         if "." not in key or raw is None:
             continue
         section, field = key.split(".")
-        annotation = type(getattr(base, section)).model_fields[field].annotation
+        if (section, field) == ("data", "source"):
+            data = raw
+            continue
+        annotation = type(getattr(preset, section)).model_fields[field].annotation
         try:
-            merged[section][field] = _parse_value(annotation, raw)
+            overrides.setdefault(section, {})[field] = _parse_value(annotation, raw)
         except ValueError as exc:
-            raise SystemExit(_bad_input(f"{_flag(section, field)}: {exc}"))
-    try:
-        return PipelineConfig.model_validate(merged)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            location = [str(p) for p in error["loc"]]
-            flag = _flag(location[0], location[1]) if len(location) >= 2 and location[0] in SECTIONS else ".".join(location)
-            problems.append(f"{flag}: {error['msg']}")
-        raise SystemExit(_bad_input("invalid configuration: " + "; ".join(problems)))
+            raise DistilleryError(f"{_flag(section, field)}: {exc}") from None
+    return data, overrides
 
 
 def _bad_input(message: str) -> int:
@@ -143,16 +138,14 @@ def format_table(summary: dict) -> str:
 
 def main(workload: str, preset: Callable[[], PipelineConfig], argv: list[str] | None = None) -> int:
     _quiet_defaults()
-    parser = build_parser(workload, preset())
-    args = parser.parse_args(argv)
-    config = config_from_args(preset(), args)
-
-    from flows.pipeline import distillery_pipeline, preflight  # imports Prefect: after the cheap checks
-    from tasks.errors import DistilleryError
-
+    args = build_parser(workload, preset()).parse_args(argv)
     try:
+        data, overrides = overrides_from_args(preset(), args)
+        config = build_config(preset(), data, args.smoke, overrides, describe=_flag)
+        from flows.pipeline import distillery, preflight  # imports Prefect: after the cheap checks
+
         preflight(config)
-        summary = distillery_pipeline(config=config, store=args.store)
+        summary = distillery(workload=workload, data=data, smoke=args.smoke, overrides=overrides, store=args.store)
     except DistilleryError as exc:
         return _bad_input(str(exc))
     print(format_table(summary))

@@ -34,3 +34,7 @@ class PipelineConfig(BaseModel):
         if self.tokenize.tokenizer != self.teacher.model:
             self.tokenize = self.tokenize.model_copy(update={"tokenizer": self.teacher.model})
         return self
+
+
+
+SECTIONS = ("data", "tokenize", "teacher", "student", "export", "quantize", "evaluate")

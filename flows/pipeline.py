@@ -11,7 +11,9 @@ ArtifactRef, never a pickled model).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,19 @@ from prefect import flow, get_run_logger, task
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import State
 
-from artifacts.policy import LeaseLockManager, StageCachePolicy
+from artifacts.locks import lock_manager_for
+from artifacts.policy import StageCachePolicy
 from artifacts.stage import Progress, Stage, run_stage
-from artifacts.store import ArtifactRef, ArtifactStore
+from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
+from flows.presets import PRESETS, Overrides, Workload, build_config
 from tasks import data, distil, evaluate, export, quantize, teacher, tokenize
-from tasks.errors import DistilleryError
 from tasks.models import load_config
 
-STAGE_NAMES = tuple(s.name for s in (data.STAGE, tokenize.STAGE, teacher.STAGE, distil.STAGE, export.STAGE, quantize.STAGE, evaluate.STAGE))
+FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
+    data.STAGE, tokenize.STAGE, teacher.STAGE, distil.STAGE, export.STAGE, quantize.STAGE, evaluate.STAGE,
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def preflight(config: PipelineConfig) -> None:
@@ -39,13 +45,25 @@ def preflight(config: PipelineConfig) -> None:
         data.load_splits(config.data)  # reads and checks every split (seconds); Hub sources are checked by fetch_dataset
 
 
-def stage_task(stage: Stage, store: ArtifactStore):
+def records_storage(store: ArtifactStore) -> Path | str:
+    """Where Prefect keeps cache records: inside the store, so they travel with it.
+
+    A local folder needs no server; remote storage must be a block saved on the
+    server, named after the store so every worker of that server finds the same one.
+    """
+    if store.is_local:
+        return Path(store.records_path)
+    name = "distillery-records-" + hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    RemoteFileSystem(basepath=f"{store.root}/records").save(name, overwrite=True)
+    return f"remote-file-system/{name}"
+
+
+def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
     policy = StageCachePolicy(
         stage=stage,
         isolation_level="SERIALIZABLE",
-        lock_manager=LeaseLockManager(store.locks_path),
+        lock_manager=lock_manager_for(store),
     )
-    records = Path(store.records_path) if store.is_local else RemoteFileSystem(basepath=f"{store.root}/records")
 
     def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef:
         return run_stage(stage, params, inputs, ArtifactStore(store), Progress(get_run_logger().info))
@@ -66,11 +84,12 @@ class StageRunner:
 
     def __init__(self, store: ArtifactStore):
         self.store = store
+        self.records = records_storage(store)
         self.stages: dict[str, dict] = {}
 
     def __call__(self, stage: Stage, params: Any, **inputs: ArtifactRef) -> ArtifactRef:
         started = time.time()
-        state: State = stage_task(stage, self.store)(params, inputs, self.store.root, return_state=True)
+        state: State = stage_task(stage, self.store, self.records)(params, inputs, self.store.root, return_state=True)
         ref = state.result()  # raises the stage's own error if it failed
         self.stages[stage.name] = {
             "state": "cached" if state.name == "Cached" else "computed",
@@ -80,20 +99,39 @@ class StageRunner:
         return ref
 
 
+def resolve(workload: Workload, data: str | None, smoke: bool, overrides: Overrides | None, store: str | None) -> tuple[PipelineConfig, str]:
+    """The run's configuration and store; unset values come from the environment."""
+    config = build_config(PRESETS[workload](), data or os.environ.get("DISTILLERY_DATA"), smoke, overrides)
+    return config, store or os.environ.get("DISTILLERY_STORE") or DEFAULT_STORE
+
+
 @flow(name="distillery", log_prints=True)
-def distillery_pipeline(config: PipelineConfig, store: str = ".distillery") -> dict:
-    """Fetch, tokenize, fine-tune a teacher, distil a student, export, quantize, evaluate."""
+def distillery(
+    workload: Workload = "emotion",
+    data: str | None = None,
+    smoke: bool = False,
+    overrides: Overrides | None = None,
+    store: str | None = None,
+) -> dict:
+    """Fetch, tokenize, fine-tune a teacher, distil a student, export, quantize, evaluate.
+
+    workload: the preset (flows/presets.py); data: Hub id or folder (default: env
+    DISTILLERY_DATA, else the preset's); smoke: small slice and tiny model; overrides:
+    stage parameters, e.g. {"quantize": {"approach": "static"}}; store: artifact store
+    root (default: env DISTILLERY_STORE, else .distillery).
+    """
+    config, store = resolve(workload, data, smoke, overrides, store)
     preflight(config)
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
 
-    dataset = stage(data.STAGE, config.data)
-    tokens = stage(tokenize.STAGE, config.tokenize, dataset=dataset)
-    teacher_model = stage(teacher.STAGE, config.teacher, tokens=tokens)
-    student_model = stage(distil.STAGE, config.student, tokens=tokens, teacher=teacher_model)
-    student_onnx = stage(export.STAGE, config.export, model=student_model, tokens=tokens)
-    student_int8 = stage(quantize.STAGE, config.quantize, onnx=student_onnx, tokens=tokens)
-    report = stage(evaluate.STAGE, config.evaluate, tokens=tokens, teacher=teacher_model,
+    dataset = stage(FETCH_DATASET, config.data)
+    tokens = stage(TOKENIZE, config.tokenize, dataset=dataset)
+    teacher_model = stage(FINE_TUNE_TEACHER, config.teacher, tokens=tokens)
+    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model)
+    student_onnx = stage(EXPORT_ONNX, config.export, model=student_model, tokens=tokens)
+    student_int8 = stage(QUANTIZE, config.quantize, onnx=student_onnx, tokens=tokens)
+    report = stage(EVALUATE, config.evaluate, tokens=tokens, teacher=teacher_model,
                    student=student_model, student_int8=student_int8)
 
     artifacts.set_alias(f"{config.name}/latest", student_int8)
@@ -101,4 +139,3 @@ def distillery_pipeline(config: PipelineConfig, store: str = ".distillery") -> d
     return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root}
 
 
-__all__ = ["distillery_pipeline", "preflight", "DistilleryError", "STAGE_NAMES"]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from flows.config import PipelineConfig
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from flows.config import SECTIONS, PipelineConfig
+from tasks.errors import DistilleryError
 
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # dair-ai/emotion ClassLabel order
+SST2_LABELS = ["negative", "positive"]
 
 
 def emotion() -> PipelineConfig:
@@ -17,7 +23,18 @@ def emotion() -> PipelineConfig:
     })
 
 
-def smoke(full: PipelineConfig) -> PipelineConfig:
+def sst2() -> PipelineConfig:
+    """GLUE SST-2: the test split has no labels, so dev is the test set and validation
+    is a seeded tenth of train."""
+    return PipelineConfig.model_validate({
+        "name": "sst2",
+        "data": {"source": "stanfordnlp/sst2", "label_names": SST2_LABELS, "splits": {"train": "train", "test": "dev"}},
+        "teacher": {"model": "minilm", "epochs": 2, "learning_rate": 5e-5},
+        "student": {"epochs": 2, "learning_rate": 1e-4},
+    })
+
+
+def smoke_sized(full: PipelineConfig) -> PipelineConfig:
     """The same DAG on a small slice with a tiny model: minutes, not hours."""
     return full.model_validate({
         **full.model_dump(),
@@ -30,4 +47,39 @@ def smoke(full: PipelineConfig) -> PipelineConfig:
     })
 
 
-PRESETS = {"emotion": emotion}
+Workload = Literal["emotion", "sst2"]
+PRESETS = {"emotion": emotion, "sst2": sst2}
+
+Overrides = dict[str, dict[str, Any]]
+
+
+def build_config(
+    preset: PipelineConfig,
+    data: str | None = None,
+    smoke: bool = False,
+    overrides: Overrides | None = None,
+    describe: Any = None,
+) -> PipelineConfig:
+    """The preset, made smoke-sized if asked, with the data source and overrides applied.
+
+    `describe(section, field)` names a parameter in error messages (the CLI passes its
+    flag names); every problem is reported at once, as a DistilleryError.
+    """
+    base = smoke_sized(preset) if smoke else preset
+    merged = base.model_dump()
+    if data:
+        merged["data"]["source"] = data
+    for section, fields in (overrides or {}).items():
+        if section not in SECTIONS or not isinstance(fields, dict):
+            raise DistilleryError(f"unknown configuration section {section!r}: use one of {', '.join(SECTIONS)}")
+        merged[section].update(fields)
+    try:
+        return PipelineConfig.model_validate(merged)
+    except ValidationError as exc:
+        name = describe or (lambda section, field: f"{section}.{field}")
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"]]
+            where = name(loc[0], loc[1]) if len(loc) >= 2 and loc[0] in SECTIONS else ".".join(loc)
+            problems.append(f"{where}: {error['msg']}")
+        raise DistilleryError("invalid configuration: " + "; ".join(problems)) from None

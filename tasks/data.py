@@ -47,7 +47,7 @@ class DataParams(BaseModel):
     label_names: list[str] | None = Field(None, description="label names in id order; inferred from the data when absent")
     text_column: str | None = Field(None, description="column holding the text (default: text or sentence)")
     label_column: str | None = Field(None, description="column holding the label (default: label, label_name or labels)")
-    split_files: dict[str, str] | None = Field(None, description="file per split inside the folder, e.g. {'train': 'train.tsv', 'test': 'dev.tsv'}; default: found by name")
+    splits: dict[str, str] | None = Field(None, description="source split for each of train/validation/test: a file name or stem in a folder, a split name on the Hub; e.g. {'train': 'train', 'test': 'dev'} (default: found by name)")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of train held out, seeded, when there is no validation split")
     seed: int = Field(42, description="seed for the validation split and for slicing")
     max_train_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many training rows")
@@ -72,30 +72,36 @@ def _folder(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root.rstrip("/")
 
 
+def _matching(available: list[str], wanted: str) -> str | None:
+    """The available name equal to `wanted`, else one with the same stem, else an alias of it
+    (dev, val, valid and validation name the same split)."""
+    for candidates in ([wanted], [wanted.rsplit(".", 1)[0]], *[stems for stems in SPLIT_STEMS.values() if wanted in stems]):
+        for name in available:
+            if name in candidates or name.rsplit(".", 1)[0] in candidates:
+                return name
+    return None
+
+
 def locate_split_files(params: DataParams) -> dict[str, str]:
     """Split name -> file path, for folder sources. Validation may be absent."""
     fs, root = _folder(params.source)
     names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)}
+    data_files = [n for n in names if Path(n).suffix.lower() in FORMATS]
     found: dict[str, str] = {}
-    if params.split_files:
-        for split, name in params.split_files.items():
-            if split not in SPLITS:
-                raise DistilleryError(f"unknown split {split!r} in split_files: use {', '.join(SPLITS)}")
-            if name not in names:
-                raise DistilleryError(f"split file {name!r} for {split} is not in {params.source}: found {sorted(names)}")
-            found[split] = names[name]
-    else:
-        for split, stems in SPLIT_STEMS.items():
-            for stem in stems:
-                matches = [n for n in names if n.lower() in {stem + ext for ext in FORMATS}]
-                if matches:
-                    found[split] = names[matches[0]]
-                    break
+    wanted = params.splits or {split: split for split in SPLITS}
+    for split, name in wanted.items():
+        if split not in SPLITS:
+            raise DistilleryError(f"unknown split {split!r} in --data-splits: use {', '.join(SPLITS)}")
+        match = _matching(data_files, name)
+        if match is not None:
+            found[split] = names[match]
+        elif params.splits:
+            raise DistilleryError(f"no file {name!r} for the {split} split in {params.source}: found {sorted(names)}; fix --data-splits")
     for split in ("train", "test"):
         if split not in found:
             raise DistilleryError(
                 f"no {split} split in {params.source}: expected a file named {split}"
-                f"{{{','.join(FORMATS)}}}, or name it with split_files (--split-files '{{\"{split}\": \"FILE\"}}')"
+                f"{{{','.join(FORMATS)}}}, or name it with --data-splits '{{\"{split}\": \"FILE\"}}'"
             )
     return found
 
@@ -162,10 +168,20 @@ def _load_hub(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str] | 
             f"Offline, or for a local copy, point at a folder with {DATA_HINT}, "
             f"e.g. --data ../shared/data/emotion"
         ) from None
-    frames = {split: loaded[split].to_pandas() for split in SPLITS if split in loaded}
+    wanted = params.splits or {split: split for split in SPLITS}
+    frames = {}
+    for split, name in wanted.items():
+        match = _matching(list(loaded), name)
+        if match is None and params.splits:
+            raise DistilleryError(f"no split {name!r} in {params.source}: it has {list(loaded)}; fix --data-splits")
+        if match is not None:
+            frames[split] = loaded[match].to_pandas()
+    for split in ("train", "test"):
+        if split not in frames:
+            raise DistilleryError(f"no {split} split in {params.source}: it has {list(loaded)}; name one with --data-splits")
     names = None
     for column in (params.label_column, *LABEL_COLUMNS):
-        feature = loaded["train"].features.get(column) if column else None
+        feature = loaded[wanted.get("train", "train")].features.get(column) if column else None
         if feature is not None and hasattr(feature, "names"):
             names = list(feature.names)
             break

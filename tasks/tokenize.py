@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field

@@ -73,14 +73,15 @@ class CliRun:
         return {name for name, state in self.states().items() if state == "computed"}
 
 
-def run_cli(args: list[str], tmp: Path, project: Path = REPO, extra_env: dict | None = None, timeout: int = 600) -> CliRun:
-    """`python flows/emotion.py ARGS` as a user runs it, with its own Prefect home."""
+def run_cli(args: list[str], tmp: Path, project: Path = REPO, extra_env: dict | None = None, timeout: int = 600,
+            workload: str = "emotion") -> CliRun:
+    """`python flows/<workload>.py ARGS` as a user runs it, with its own Prefect home."""
     home = tmp / f"prefect-home-{os.urandom(4).hex()}"
     summary = tmp / f"summary-{os.urandom(4).hex()}.json"
     env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(home), "PYTHONPATH": str(project), **(extra_env or {})}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
-        [sys.executable, "flows/emotion.py", *args, "--summary", str(summary)],
+        [sys.executable, f"flows/{workload}.py", *args, "--summary", str(summary)],
         cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
     )
     data = json.loads(summary.read_text()) if summary.exists() else None

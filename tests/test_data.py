@@ -33,7 +33,7 @@ def test_glue_tsv_with_dev_as_test_and_seeded_validation(tmp_path):
     rows = [f"sentence number {i} \t{i % 2}" for i in range(50)]
     (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
     (folder / "dev.tsv").write_text("sentence\tlabel\nit 's fine \t1\nbad movie \t0\n")
-    p = DataParams(source=str(folder), split_files={"train": "train.tsv", "test": "dev.tsv"},
+    p = DataParams(source=str(folder), splits={"train": "train", "test": "dev"},
                    label_names=["negative", "positive"], validation_fraction=0.2, seed=7)
     splits, names = load_splits(p)
     assert len(splits["validation"]) == 10 and len(splits["train"]) == 40
@@ -103,8 +103,8 @@ BAD_INPUTS = {
     # case: (how the data or parameters are broken, words of the problem, words of the fix)
     "missing data path": (lambda f: params(f.parent / "nope"), "does not exist", "--data"),
     "data path is a file": (lambda f: params(f / "train.txt"), "is a file", "--data"),
-    "missing test split": (lambda f: (f / "test.txt").unlink() or params(f), "no test split", "split_files"),
-    "missing named split file": (lambda f: params(f, split_files={"train": "train.txt", "test": "dev.tsv"}), "dev.tsv", "found"),
+    "missing test split": (lambda f: (f / "test.txt").unlink() or params(f), "no test split", "--data-splits"),
+    "missing named split file": (lambda f: params(f, splits={"train": "train", "test": "holdout.tsv"}), "holdout.tsv", "--data-splits"),
     "unknown label column": (lambda f: params(f, label_column="emotion"), "label column 'emotion' is not in", "--label-column"),
     "lines without labels": (lambda f: _strip_labels(f) or params(f), "no ';'", "text;label"),
     "label outside the set": (lambda f: _edit(f, "val", lambda b: b.replace(b";joy\n", b";happiness\n", 1)) or params(f), "outside the label set", "--label-names"),

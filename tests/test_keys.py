@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from artifacts.keys import cache_key, canonical_json, code_fingerprint
+from artifacts.keys import cache_key, canonical_json, code_fingerprint, forget_code
 from artifacts.store import ArtifactRef
 from tasks import data, quantize
 
@@ -30,7 +30,9 @@ def fake_tasks_package(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(root))
     for name in [m for m in sys.modules if m == "tasks" or m.startswith("tasks.")]:
         monkeypatch.delitem(sys.modules, name)
-    return root / "tasks"
+    forget_code()
+    yield root / "tasks"
+    forget_code()
 
 
 def test_fingerprint_follows_imported_helpers(fake_tasks_package):
@@ -38,6 +40,8 @@ def test_fingerprint_follows_imported_helpers(fake_tasks_package):
     assert set(before) == {"tasks.stage_mod", "tasks.helpers"}
     helper = fake_tasks_package / "helpers.py"
     helper.write_text(helper.read_text().replace("x * 2", "x * 3"))
+    assert code_fingerprint(["tasks.stage_mod"]) == before  # this process still runs the old code
+    forget_code()
     after = code_fingerprint(["tasks.stage_mod"])
     assert after["tasks.helpers"] != before["tasks.helpers"]
     assert after["tasks.stage_mod"] == before["tasks.stage_mod"]
@@ -47,6 +51,7 @@ def test_comment_and_layout_edits_do_not_count(fake_tasks_package):
     before = code_fingerprint(["tasks.stage_mod"])
     helper = fake_tasks_package / "helpers.py"
     helper.write_text(helper.read_text().replace("# doubles", "# multiplies by two, see issue 12\n\n"))
+    forget_code()
     assert code_fingerprint(["tasks.stage_mod"]) == before
 
 

@@ -5,12 +5,12 @@ import sys
 import textwrap
 import time
 
-from artifacts.policy import LeaseLockManager
+from artifacts.locks import LeaseLockManager
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from artifacts.policy import LeaseLockManager
+    from artifacts.locks import LeaseLockManager
     manager = LeaseLockManager(Path(sys.argv[1]), lease_seconds=1.5)
     assert manager.acquire_lock("stage-key", "worker-a")
     print("held", flush=True)

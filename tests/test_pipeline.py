@@ -167,3 +167,16 @@ def test_help_documents_every_parameter():
                 assert info.description, f"{section}.{field} has no description"
     for flag in ("--data", "--store", "--summary", "--smoke", "DISTILLERY_DATA", "DISTILLERY_STORE"):
         assert flag in out
+
+
+def test_sst2_flow_shares_the_pipeline_and_its_cache_behaviour(tmp_path):
+    data = REPO.parent / "shared" / "data" / "sst2"
+    args = ["--smoke", "--data", str(data), "--store", str(tmp_path / "store")]
+    cold = run_cli(args, tmp_path, workload="sst2")
+    assert cold.code == 0, cold.output[-3000:]
+    assert cold.computed() == set(STAGE_NAMES)
+    assert len(cold.summary["metrics"]["student_int8"]["per_class_f1"]) == 2
+    warm = run_cli(args, tmp_path, workload="sst2")
+    assert warm.code == 0 and warm.computed() == set(), warm.output[-3000:]
+    changed = run_cli([*args, "--quantize-approach", "static"], tmp_path, workload="sst2")
+    assert changed.code == 0 and changed.computed() == {"quantize", "evaluate"}, changed.output[-3000:]

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# The team stack on one machine, every service bound to loopback unless configured:
+#   PostgreSQL (the Prefect server's database, a cluster in the stack folder),
+#   the Prefect server, Redis (stage locks shared by all workers),
+#   a local S3 API (moto) holding the shared artifact store and Prefect's results,
+#   a `process` work pool and its workers.
+#
+#   deployments/stack.sh up [N]     start everything, with N workers (default 2)
+#   deployments/stack.sh worker I   start one more worker, worker-I
+#   deployments/stack.sh down       stop everything, by PID, newest first
+#   deployments/stack.sh status     what runs
+#   deployments/stack.sh env        the client settings, for: eval "$(deployments/stack.sh env)"
+#
+# Clients (prefect deploy, prefect deployment run, flows/*.py) use the settings that
+# `up` writes to $STACK/env:  eval "$(deployments/stack.sh env)"
+# Secrets (database and Redis passwords, S3 keys) are generated into $STACK/secrets,
+# unless given in the environment; none is ever written to the repository.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PROJECT=$(dirname "$HERE")
+STACK=${DISTILLERY_STACK_DIR:-$PROJECT/.stack}
+PYTHON=${DISTILLERY_PYTHON:-$PROJECT/.venv/bin/python}
+BIN=$(dirname "$PYTHON")
+HOST=${DISTILLERY_BIND:-127.0.0.1}
+PG_PORT=${DISTILLERY_PG_PORT:-54329}
+PREFECT_PORT=${DISTILLERY_PREFECT_PORT:-4200}
+REDIS_PORT=${DISTILLERY_REDIS_PORT:-63790}
+S3_PORT=${DISTILLERY_S3_PORT:-59000}
+POOL=${DISTILLERY_POOL:-distillery}
+BUCKET=${DISTILLERY_BUCKET:-distillery}
+PG_BIN=${DISTILLERY_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+
+mkdir -p "$STACK"/{logs,pids,secrets,workers}
+chmod 700 "$STACK/secrets"
+
+log() { echo "[stack $(date +%H:%M:%S)] $*" >&2; }
+
+secret() {  # secret NAME [VALUE]: the given value, else a stored or new random one
+  local file="$STACK/secrets/$1"
+  if [ -n "${2:-}" ]; then printf '%s' "$2" > "$file"
+  elif [ ! -s "$file" ]; then "$PYTHON" -c 'import secrets; print(secrets.token_hex(16), end="")' > "$file"; fi
+  chmod 600 "$file"; cat "$file"
+}
+
+as_db_owner() {  # PostgreSQL refuses to run as root
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+running() { [ -s "$STACK/pids/$1.pid" ] && kill -0 "$(cat "$STACK/pids/$1.pid")" 2>/dev/null; }
+
+start_bg() {  # start_bg NAME COMMAND...: run in the background, logging, PID recorded
+  local name=$1; shift
+  if running "$name"; then log "$name already running"; return; fi
+  nohup "$@" > "$STACK/logs/$name.log" 2>&1 &
+  echo $! > "$STACK/pids/$name.pid"
+}
+
+wait_until() {  # wait_until SECONDS WHAT COMMAND...
+  local limit=$1 what=$2; shift 2
+  for _ in $(seq "$((limit * 2))"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  log "$what did not come up within ${limit}s; see $STACK/logs"; return 1
+}
+
+http_ok() {  # with the server's auth string, when it has one
+  "$PYTHON" -c '
+import base64, os, sys, urllib.request
+request = urllib.request.Request(sys.argv[1])
+auth = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+if auth:
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+urllib.request.urlopen(request, timeout=2)' "$1"
+}
+
+write_env() {
+  local redis_password
+  secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > /dev/null
+  redis_password=$(secret redis_password "${DISTILLERY_REDIS_PASSWORD:-}")
+  umask 077
+  cat > "$STACK/env" <<EOF
+export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export DISTILLERY_PROJECT_DIR=$PROJECT
+export DISTILLERY_STORE=s3://$BUCKET/store
+export DISTILLERY_LOCKS=redis://:$redis_password@$HOST:$REDIS_PORT/0
+export FSSPEC_S3_ENDPOINT_URL=${DISTILLERY_S3_ENDPOINT:-http://$HOST:$S3_PORT}
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-$(secret s3_key)}
+export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-$(secret s3_secret)}
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
+EOF
+  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
+  fi
+  if [ -n "${DISTILLERY_DATA:-}" ]; then echo "export DISTILLERY_DATA=$DISTILLERY_DATA" >> "$STACK/env"; fi
+}
+
+start_postgres() {
+  local data="$STACK/postgres" socket="$STACK/postgres-socket"
+  [ -n "$PG_BIN" ] || { log "PostgreSQL not installed: run deployments/install-services.sh"; exit 1; }
+  mkdir -p "$data" "$socket"
+  touch "$STACK/logs/postgres.log"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$data" "$socket" "$STACK/logs/postgres.log"; fi
+  if [ ! -s "$data/PG_VERSION" ]; then
+    local pwfile; pwfile=$(mktemp); secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > "$pwfile"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$pwfile"; fi
+    as_db_owner "$PG_BIN/initdb" -D "$data" -U prefect --pwfile="$pwfile" -E UTF8 \
+      --auth-host=scram-sha-256 --auth-local=scram-sha-256 > "$STACK/logs/initdb.log"
+    rm -f "$pwfile"
+  fi
+  if as_db_owner "$PG_BIN/pg_ctl" -D "$data" status > /dev/null 2>&1; then log "postgres already running"; return; fi
+  as_db_owner "$PG_BIN/pg_ctl" -D "$data" -l "$STACK/logs/postgres.log" -w -t 60 start \
+    -o "-c listen_addresses=$HOST -c port=$PG_PORT -c unix_socket_directories=$socket" > /dev/null
+  head -n 1 "$data/postmaster.pid" > "$STACK/pids/postgres.pid"
+  PGPASSWORD=$(secret pg_password) "$PG_BIN/psql" -h "$HOST" -p "$PG_PORT" -U prefect -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='prefect'" | grep -q 1 ||
+    PGPASSWORD=$(secret pg_password) "$PG_BIN/createdb" -h "$HOST" -p "$PG_PORT" -U prefect prefect
+  log "postgres on $HOST:$PG_PORT"
+}
+
+start_server() {
+  mkdir -p "$STACK/server"
+  PREFECT_HOME="$STACK/server" \
+  PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$(secret pg_password)@$HOST:$PG_PORT/prefect" \
+  PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_ENABLED=${PREFECT_UI_ENABLED:-true} \
+  start_bg server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
+  wait_until 120 "Prefect server" http_ok "http://$HOST:$PREFECT_PORT/api/health"
+  log "prefect server on http://$HOST:$PREFECT_PORT"
+}
+
+start_redis() {
+  start_bg redis redis-server --bind "$HOST" --port "$REDIS_PORT" --save "" --appendonly no \
+    --protected-mode yes --requirepass "$(secret redis_password "${DISTILLERY_REDIS_PASSWORD:-}")"
+  wait_until 30 "Redis" "$PYTHON" -c 'import os, redis; redis.Redis.from_url(os.environ["DISTILLERY_LOCKS"]).ping()'
+  log "redis on $HOST:$REDIS_PORT"
+}
+
+start_s3() {
+  if [ -n "${DISTILLERY_S3_ENDPOINT:-}" ]; then log "using S3 at $DISTILLERY_S3_ENDPOINT"; else
+    start_bg s3 "$BIN/moto_server" -H "$HOST" -p "$S3_PORT"
+    wait_until 60 "S3 (moto)" http_ok "http://$HOST:$S3_PORT/moto-api/"
+    log "s3 (moto) on $HOST:$S3_PORT"
+  fi
+  "$PYTHON" - "$BUCKET" <<'EOF'
+import sys, s3fs
+fs = s3fs.S3FileSystem()
+if not fs.exists(sys.argv[1]):
+    fs.mkdir(sys.argv[1])
+EOF
+}
+
+start_worker() {
+  local name="worker-$1" dir="$STACK/workers/worker-$1"
+  mkdir -p "$dir/home"
+  (cd "$dir" && PREFECT_HOME="$dir/home" start_bg "$name" "$BIN/prefect" worker start \
+      --pool "$POOL" --type process --name "$name" --limit 1)
+  wait_until 60 "$name" grep -q "started" "$STACK/logs/$name.log"
+  log "$name polling pool $POOL from $dir"
+}
+
+stop_pid() {  # an idle Prefect worker ignores the first SIGTERM; the second ends it
+  local name=$1 pid
+  running "$name" || { rm -f "$STACK/pids/$name.pid"; return; }
+  pid=$(cat "$STACK/pids/$name.pid")
+  for signal in TERM TERM KILL; do
+    kill -s "$signal" "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  rm -f "$STACK/pids/$name.pid"
+  log "stopped $name ($pid)"
+}
+
+up() {
+  local workers=${1:-2}
+  write_env
+  set -a; source "$STACK/env"; set +a
+  start_postgres
+  start_server
+  start_redis
+  start_s3
+  "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
+    "$BIN/prefect" work-pool create "$POOL" --type process > /dev/null
+  log "work pool $POOL (process)"
+  for i in $(seq "$workers"); do start_worker "$i"; done
+  log "up; clients: source $STACK/env"
+}
+
+down() {
+  for pidfile in $(ls -t "$STACK"/pids/worker-*.pid 2>/dev/null); do stop_pid "$(basename "$pidfile" .pid)"; done
+  stop_pid server
+  stop_pid s3
+  stop_pid redis
+  if [ -n "$PG_BIN" ] && [ -s "$STACK/postgres/postmaster.pid" ]; then
+    as_db_owner "$PG_BIN/pg_ctl" -D "$STACK/postgres" -m fast -w stop > /dev/null && log "stopped postgres"
+  fi
+  rm -f "$STACK/pids/postgres.pid"
+}
+
+status() {
+  for pidfile in "$STACK"/pids/*.pid; do
+    [ -e "$pidfile" ] || continue
+    name=$(basename "$pidfile" .pid)
+    if running "$name"; then echo "$name running (pid $(cat "$pidfile"))"; else echo "$name stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up "${2:-2}" ;;
+  worker) set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
+  down) down ;;
+  status) status ;;
+  env) cat "$STACK/env" ;;
+  *) echo "usage: $0 up [WORKERS] | worker N | down | status | env" >&2; exit 2 ;;
+esac
