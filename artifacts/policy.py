@@ -2,8 +2,9 @@
 
 Prefect stores, per cache key, a small JSON record holding the stage's ArtifactRef.
 On its own it would serve that record even if the artifact behind it had been
-deleted or corrupted; `StageCachePolicy` checks the artifact while computing the key
-and drops a record whose artifact fails verification, so the stage runs again.
+deleted or corrupted; `StageCachePolicy` checks the record (artifacts/records.py) and
+the artifact while computing the key, and drops a record that fails either, so the
+stage runs again.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Optional
 
 from prefect.cache_policies import CachePolicy
 
+from artifacts.records import RecordError, drop_record, read_record
 from artifacts.stage import Stage
-from artifacts.store import ArtifactRef, ArtifactStore
+from artifacts.store import ArtifactStore
 
 log = logging.getLogger("distillery.cache")
 
@@ -39,21 +41,20 @@ class StageCachePolicy(CachePolicy):
         assert self.stage is not None, "StageCachePolicy needs a stage"
         key = self.stage.key(inputs["params"], inputs["inputs"])
         store = ArtifactStore(inputs["store"])
-        self._drop_unusable_record(task_ctx, key, store)
+        self._drop_unusable_record(key, store)
         return key
 
-    def _drop_unusable_record(self, task_ctx: Any, key: str, store: ArtifactStore) -> None:
-        result_store = getattr(task_ctx, "result_store", None)
-        if result_store is None or not result_store.exists(key):
-            return
+    def _drop_unusable_record(self, key: str, store: ArtifactStore) -> None:
         try:
-            ref = result_store.read(key).result
-            problem = store.verify(ref).problem if isinstance(ref, ArtifactRef) else "not an artifact"
-        except Exception as exc:  # unreadable record
-            problem = f"record unreadable ({type(exc).__name__})"
+            ref = read_record(store, key)
+            problem = store.verify(ref).problem
+        except FileNotFoundError:
+            return  # not cached yet
+        except RecordError as exc:
+            problem = str(exc)
         if problem:
             _run_logger().warning(
                 "%s: cached artifact for key %s is unusable (%s); recomputing",
                 self.stage.name, key[:12], problem,
             )
-            store.fs.rm(f"{store.records_path}/{key}")
+            drop_record(store, key)

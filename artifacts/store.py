@@ -273,6 +273,14 @@ class ArtifactStore:
             with self.fs.open(path, "w") as handle:
                 handle.write(payload)
 
+    def aliases(self) -> list[str]:
+        base = f"{self.path}/aliases"
+        try:
+            files = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        return sorted(f[len(base) + 1 : -len(".json")] for f in files if f.endswith(".json") and f.startswith(base + "/"))
+
     def resolve_alias(self, name: str) -> ArtifactRef:
         try:
             with self.fs.open(self._alias_path(name), "r") as handle:

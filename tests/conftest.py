@@ -92,3 +92,20 @@ def copy_project(target: Path) -> Path:
     for package in ("artifacts", "tasks", "flows"):
         shutil.copytree(REPO / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
     return target
+
+
+@pytest.fixture(scope="session")
+def cold(tmp_path_factory, emotion_dir):
+    """One cold smoke run on real emotion data; tests copy its store before changing it."""
+    tmp = tmp_path_factory.mktemp("cold")
+    args = ["--smoke", "--data", str(emotion_dir)]
+    run = run_cli([*args, "--store", str(tmp / "store")], tmp)
+    assert run.code == 0, run.output[-4000:]
+    return tmp / "store", args, run
+
+
+def store_copy(cold, tmp_path: Path) -> Path:
+    """A private copy of the cold run's store, to change without disturbing other tests."""
+    target = tmp_path / "store"
+    shutil.copytree(cold[0], target)
+    return target

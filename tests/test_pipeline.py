@@ -8,29 +8,12 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from artifacts.store import ArtifactStore
-from conftest import REPO, copy_project, run_cli, tree_state
+from conftest import REPO, copy_project, run_cli, store_copy, tree_state
 from flows.pipeline import STAGE_NAMES
-
-
-@pytest.fixture(scope="module")
-def cold(tmp_path_factory, emotion_dir):
-    """One cold smoke run on real emotion data; tests copy its store before changing it."""
-    tmp = tmp_path_factory.mktemp("cold")
-    args = ["--smoke", "--data", str(emotion_dir)]
-    run = run_cli([*args, "--store", str(tmp / "store")], tmp)
-    assert run.code == 0, run.output[-4000:]
-    return tmp / "store", args, run
-
-
-def store_copy(cold, tmp_path) -> Path:
-    target = tmp_path / "store"
-    shutil.copytree(cold[0], target)
-    return target
 
 
 def test_cold_run_computes_every_stage_and_reports(cold):

@@ -1,0 +1,117 @@
+"""The cache command: python -m artifacts [--store ROOT] COMMAND
+
+  list                       every artifact: kind, stage, age, size, what points at it
+  verify [--repair]          check every file of every artifact; --repair deletes broken ones
+                             (their stages recompute on the next run)
+  explain [WORKLOAD OPTIONS] for each stage, whether the next run would be cached, and if
+                             not, which parameter, upstream artifact, code module, library
+                             version or source file changed since the artifact it made last
+  gc [--delete]              artifacts no record, alias or downstream artifact needs, old
+                             staging folders and lapsed locks; listed, deleted with --delete
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from artifacts.lineage import age_seconds, entries, referenced, roots
+from artifacts.store import DEFAULT_STORE, ArtifactStore
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:8.1f} MB"
+
+
+def cmd_list(store: ArtifactStore, args: argparse.Namespace) -> int:
+    known, pointed = entries(store), roots(store)
+    needed = referenced(store, known)
+    print(f"{'digest':<12}  {'kind':<8} {'stage':<18} {'published':<20} {'size':>11}  referenced by")
+    for e in sorted(known.values(), key=lambda e: e.published):
+        by = pointed.get(e.digest) or ("upstream of a kept artifact" if e.digest in needed else "nothing")
+        print(f"{e.digest[:12]}  {e.kind:<8} {e.stage:<18} {e.published:<20} {_size(e.size_bytes)}  {by}")
+    print(f"{len(known)} artifacts, {_size(sum(e.size_bytes for e in known.values())).strip()}, in {store.root}")
+    return 0
+
+
+def cmd_verify(store: ArtifactStore, args: argparse.Namespace) -> int:
+    bad = 0
+    for digest in store.digests():
+        check = store.verify(digest)
+        if not check.ok:
+            bad += 1
+            print(f"BROKEN {digest[:12]}: {check.problem}" + ("; deleted" if args.repair else ""))
+            if args.repair:
+                store.remove(digest)
+    print(f"{len(store.digests()) + (bad if args.repair else 0)} artifacts checked, {bad} broken")
+    return 1 if bad and not args.repair else 0
+
+
+def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
+    known = entries(store)
+    keep = referenced(store, known)
+    min_age = args.min_age_minutes * 60
+    # Young artifacts may belong to a run that has published but not yet recorded them.
+    doomed = [e for d, e in known.items() if d not in keep and age_seconds(e.published) > min_age]
+    verb = "deleted" if args.delete else "would delete"
+    for e in doomed:
+        print(f"{verb} {e.digest[:12]} {e.kind} {e.stage} ({_size(e.size_bytes).strip()}, unreferenced)")
+        if args.delete:
+            store.remove(e.digest)
+    stale = []
+    if store.is_local:
+        staging = Path(store.path) / "staging"
+        stale = [p for p in staging.glob("*") if time.time() - p.stat().st_mtime > min_age] if staging.exists() else []
+        for folder in stale:
+            print(f"{verb} staging/{folder.name} (left by an interrupted run)")
+            if args.delete:
+                shutil.rmtree(folder, ignore_errors=True)
+    freed = sum(e.size_bytes for e in doomed)
+    print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}) and {len(stale)} staging folders; kept {len(keep & set(known))}")
+    return 0
+
+
+def cmd_explain(store: ArtifactStore, args: argparse.Namespace) -> int:
+    from flows.explain import explain  # needs the pipeline's configuration and stages
+
+    overrides: dict[str, dict] = {}
+    for item in args.set or []:
+        name, _, value = item.partition("=")
+        section, _, field = name.partition(".")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        overrides.setdefault(section, {})[field] = parsed
+    for line in explain(store, args.workload, args.data, args.smoke, overrides):
+        print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m artifacts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE), help="store root (env DISTILLERY_STORE)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list artifacts")
+    verify = commands.add_parser("verify", help="check every artifact's checksums")
+    verify.add_argument("--repair", action="store_true", help="delete broken artifacts so they are recomputed")
+    gc = commands.add_parser("gc", help="delete what nothing references")
+    gc.add_argument("--delete", action="store_true", help="delete; without it, only list")
+    gc.add_argument("--min-age-minutes", type=float, default=60, help="never touch anything younger")
+    explain = commands.add_parser("explain", help="why each stage would (not) rerun")
+    explain.add_argument("--workload", default="emotion", help="preset, as flows/<workload>.py")
+    explain.add_argument("--data", default=os.environ.get("DISTILLERY_DATA"), help="data source (env DISTILLERY_DATA)")
+    explain.add_argument("--smoke", action="store_true", help="the smoke-sized preset")
+    explain.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="a stage parameter, e.g. quantize.approach=static")
+    args = parser.parse_args(argv)
+    store = ArtifactStore(args.store)
+    return {"list": cmd_list, "verify": cmd_verify, "gc": cmd_gc, "explain": cmd_explain}[args.command](store, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`python -m artifacts`: list, verify, gc and explain on a real store."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from artifacts.store import ArtifactStore
+from conftest import OFFLINE, REPO, store_copy
+
+
+def cache(store: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "artifacts", "--store", str(store), *args], cwd=REPO,
+                          env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+
+
+def test_list_shows_every_artifact_and_what_keeps_it(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    out = cache(store, "list")
+    assert out.returncode == 0, out.stderr
+    for stage in cold[2].summary["stages"].values():
+        assert stage["artifact"][:12] in out.stdout
+    assert "record " in out.stdout and "7 artifacts" in out.stdout
+
+
+def test_verify_finds_a_flipped_byte_and_repair_removes_it(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    assert cache(store, "verify").returncode == 0
+    digest = cold[2].summary["stages"]["distil_student"]["artifact"]
+    weights = store / "objects" / digest / "model" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[100] ^= 0x10
+    weights.write_bytes(bytes(raw))
+    found = cache(store, "verify")
+    assert found.returncode == 1 and f"BROKEN {digest[:12]}" in found.stdout and "checksum" in found.stdout
+    assert cache(store, "verify", "--repair").returncode == 0
+    assert not (store / "objects" / digest).exists()
+    assert cache(store, "verify").returncode == 0
+
+
+def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    artifacts = ArtifactStore(store)
+    with artifacts.new_artifact() as out:
+        (out / "orphan.bin").write_bytes(b"left over by an abandoned experiment")
+        orphan = artifacts.publish(out, "model", {"stage": "fine_tune_teacher", "upstream": {}})
+    (store / "staging" / "interrupted-run").mkdir(parents=True)
+    dry = cache(store, "gc", "--min-age-minutes", "0")
+    assert f"would delete {orphan.digest[:12]}" in dry.stdout and "staging/interrupted-run" in dry.stdout
+    assert (store / "objects" / orphan.digest).exists()  # a dry run deletes nothing
+    young = cache(store, "gc", "--delete")  # default: nothing under an hour old
+    assert (store / "objects" / orphan.digest).exists(), young.stdout
+    cache(store, "gc", "--delete", "--min-age-minutes", "0")
+    assert not (store / "objects" / orphan.digest).exists()
+    assert not (store / "staging" / "interrupted-run").exists()
+    for stage in cold[2].summary["stages"].values():
+        assert artifacts.verify(stage["artifact"]).ok
+
+
+def test_explain_names_what_changed(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    same = cache(store, "explain", "--smoke", "--data", cold[1][2])
+    assert same.returncode == 0, same.stderr
+    assert all(": cached" in line for line in same.stdout.splitlines()), same.stdout
+    changed = cache(store, "explain", "--smoke", "--data", cold[1][2], "--set", "quantize.approach=static")
+    lines = dict(line.split(": ", 1) for line in changed.stdout.splitlines())
+    assert lines["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in lines["quantize"]
+    assert "upstream quantize reruns" in lines["evaluate"]
+    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize", "fine_tune_teacher", "distil_student", "export_onnx"))
+    record = next((store / "records").iterdir())
+    json.loads(record.read_text())  # records are plain JSON

@@ -1,0 +1,41 @@
+"""Nothing unsafe is loaded from the store: no pickle, no remote code, no path escapes,
+and no code named by a tampered cache record."""
+
+import json
+import re
+
+from conftest import REPO, run_cli, store_copy
+
+SOURCES = [p for d in ("artifacts", "tasks", "flows") for p in (REPO / d).rglob("*.py")]
+
+
+def test_project_code_never_unpickles_or_trusts_remote_code():
+    for path in SOURCES:
+        text = path.read_text()
+        assert "trust_remote_code=True" not in text, path
+        assert not re.search(r"^\s*(import pickle|from pickle|import dill|import joblib)", text, re.M), path
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (path, call)
+        assert "pickle" not in re.sub(r"#.*|\"\"\"[\s\S]*?\"\"\"", "", text) or path.name == "test_unsafe.py", path
+
+
+def test_tampered_record_is_refused_and_its_code_never_runs(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    marker = tmp_path / "evil-ran"
+    evil = tmp_path / "evilpkg"
+    evil.mkdir()
+    (evil / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\ndef decode(obj):\n    return obj\n")
+    quantized = cold[2].summary["stages"]["quantize"]["artifact"]
+    tampered = 0
+    for record in (store / "records").iterdir():
+        content = json.loads(record.read_text())
+        if quantized in content["result"]:
+            content["metadata"]["serializer"]["object_decoder"] = "evilpkg.decode"
+            record.write_text(json.dumps(content))
+            tampered += 1
+    assert tampered == 1
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path, extra_env={"PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert run.code == 0, run.output[-3000:]
+    assert "unusable" in run.output and "evilpkg.decode" in run.output
+    assert run.computed() == {"quantize", "evaluate"} or run.computed() == {"quantize"}
+    assert not marker.exists()
