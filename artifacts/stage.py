@@ -26,16 +26,22 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel
 
+from artifacts.checkpoints import Checkpoints
 from artifacts.keys import cache_key, code_fingerprint, library_versions
 from artifacts.store import ArtifactRef, ArtifactStore
 
 
 class Progress:
-    """Throttled progress lines for long loops, sent to any logging callable."""
+    """Throttled progress lines for long loops, sent to any logging callable.
+
+    It also carries the stage run's checkpoints (None outside run_stage), so a long
+    loop can save its state and resume it after a crash.
+    """
 
     def __init__(self, log: Callable[[str], None] | None = None, every_seconds: float = 10.0):
         self.log = log or logging.getLogger("distillery").info
         self.every_seconds = every_seconds
+        self.checkpoints: Checkpoints | None = None
         self._last = 0.0
         self._started: dict[str, float] = {}
 
@@ -101,6 +107,8 @@ def run_stage(
     """Run one stage for real and publish its artifact; returns its reference."""
     progress = progress or Progress()
     material = stage.key_material(params, inputs)
+    key = cache_key(**material)
+    progress.checkpoints = Checkpoints(store, key)
     local_inputs = {name: store.open(ref) for name, ref in inputs.items()}
     with store.new_artifact() as out:
         started = time.time()
@@ -109,10 +117,11 @@ def run_stage(
         manifest = {
             **material,
             "params": params.model_dump(mode="json"),
-            "key": cache_key(**material),
+            "key": key,
             "metrics": metrics,
             "timings": {"seconds": round(seconds, 3)},
         }
         ref = store.publish(out, stage.kind, manifest)
+    progress.checkpoints.clear()
     progress.info(f"{stage.name}: published {ref.kind} {ref.short} in {seconds:.1f}s")
     return ref

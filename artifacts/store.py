@@ -87,7 +87,7 @@ def content_digest(kind: str, files: dict[str, str]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _checksum_tree(folder: Path) -> dict[str, str]:
+def checksum_tree(folder: Path) -> dict[str, str]:
     files = {}
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
@@ -162,7 +162,7 @@ class ArtifactStore:
         """Move a finished folder into the store under its content digest."""
         if (workdir / MANIFEST).exists():
             raise StoreError(f"{MANIFEST} is reserved for the store; rename that file")
-        files = _checksum_tree(workdir)
+        files = checksum_tree(workdir)
         if not files:
             raise StoreError("refusing to publish an empty artifact")
         digest = content_digest(kind, files)
@@ -246,7 +246,7 @@ class ArtifactStore:
             return Path(self.object_path(ref.digest))
         cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
         local = cache / ref.digest
-        if not local.exists() or _checksum_tree(local) != self.manifest(ref)["files"]:
+        if not local.exists() or checksum_tree(local) != self.manifest(ref)["files"]:
             partial = cache / f"{ref.digest}.{uuid.uuid4().hex}.partial"
             self.fs.get(self.object_path(ref.digest) + "/", str(partial), recursive=True)
             shutil.rmtree(local, ignore_errors=True)

@@ -1,17 +1,21 @@
 """The training loop shared by teacher fine-tuning and student distillation.
 
 Plain PyTorch (AdamW, linear warm-up then decay, length-grouped dynamic padding) so
-that every step is visible here rather than inside a framework.
+that every step is visible here rather than inside a framework. The batch plan is a
+pure function of the seed, so a run resumed from a checkpoint continues with exactly
+the batches the interrupted run would have seen.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_model, save_model
 
 from artifacts.stage import Progress
 from tasks.batching import inference_batches, length_grouped_batches, pad, random_batches
@@ -71,7 +75,14 @@ def train(
     )
     model.train()
     started, running, tokens, padded = time.time(), 0.0, 0, 0
-    for step, batch in enumerate(plan, start=1):
+    first = 0
+    checkpoints = progress.checkpoints
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed:
+        first, folder = resumed
+        running = _restore(folder, model, optimizer, schedule)
+        progress.info(f"{label}: resumed from the checkpoint at step {first}/{len(plan)}")
+    for step, batch in enumerate(plan[first:], start=first + 1):
         input_ids, mask = pad(sequences, batch)
         loss = loss_fn(model, batch, input_ids, mask)
         loss.backward()
@@ -83,12 +94,16 @@ def train(
         tokens += int(mask.sum())
         padded += mask.numel()
         progress.step(label, step, len(plan), loss=running)
+        if checkpoints and checkpoints.due() and step < len(plan):
+            checkpoints.save(step, lambda folder: _snapshot(folder, model, optimizer, schedule, running))
+            progress.info(f"{label}: checkpoint saved at step {step}/{len(plan)}")
     seconds = time.time() - started
     history = {
         "steps": len(plan),
+        "resumed_at_step": first,
         "final_loss": round(running, 5),
         "train_seconds": round(seconds, 2),
-        "examples_per_second": round(sum(len(b) for b in plan) / seconds, 2),
+        "examples_per_second": round(sum(len(b) for b in plan[first:]) / seconds, 2),
         "padding_share": round(1 - tokens / max(1, padded), 4),
     }
     if validation is not None:
@@ -97,6 +112,22 @@ def train(
         progress.info(f"{label}: validation accuracy {history['validation_accuracy']:.4f}")
     model.eval()
     return history
+
+
+def _snapshot(folder: Path, model: torch.nn.Module, optimizer, schedule, running: float) -> None:
+    """Everything needed to continue exactly where training stopped; no pickled objects."""
+    save_model(model, str(folder / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(), "running": torch.tensor(running)}, folder / "trainer.pt")
+
+
+def _restore(folder: Path, model: torch.nn.Module, optimizer, schedule) -> float:
+    load_model(model, str(folder / "model.safetensors"))
+    state = torch.load(folder / "trainer.pt", weights_only=True)  # tensors and plain values only
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    return float(state["running"])
 
 
 @torch.inference_mode()

@@ -1,0 +1,105 @@
+"""Crashes: a SIGKILL mid-training costs at most one checkpoint interval, and a
+process killed while writing leaves nothing visible."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from artifacts.store import ArtifactStore
+from conftest import OFFLINE, REPO, run_cli
+
+TRAIN = textwrap.dedent("""
+    import sys
+    from artifacts.stage import Progress, run_stage
+    from artifacts.store import ArtifactStore
+    from tasks import data, teacher, tokenize
+    store = ArtifactStore(sys.argv[1])
+    say = Progress(lambda m: print(m, flush=True), every_seconds=3600)
+    d = run_stage(data.STAGE, data.DataParams(source=sys.argv[2], max_train_rows=400, max_eval_rows=50), {}, store, say)
+    t = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny", max_length=32), {"dataset": d}, store, say)
+    m = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny", epochs=4, batch_size=8), {"tokens": t}, store, say)
+    print("DIGEST", m.digest, flush=True)
+""")
+
+
+def start(args, env, **kw) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def read_until(proc: subprocess.Popen, pattern: str, seen: list[str], timeout: float = 300) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"never saw {pattern!r}:\n" + "".join(seen[-40:]))
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_ends_identical(tmp_path, emotion_dir):
+    env = {**os.environ, **OFFLINE, "DISTILLERY_CHECKPOINT_SECONDS": "0.5"}
+    reference = subprocess.run([sys.executable, "-c", TRAIN, str(tmp_path / "reference"), str(emotion_dir)],
+                               cwd=REPO, env={**env, "DISTILLERY_CHECKPOINT_SECONDS": "3600"}, capture_output=True, text=True, timeout=600)
+    uninterrupted = re.search(r"DIGEST (\w+)", reference.stdout).group(1)
+
+    store = tmp_path / "store"
+    seen: list[str] = []
+    victim = start([sys.executable, "-c", TRAIN, str(store), str(emotion_dir)], env)
+    read_until(victim, r"checkpoint saved at step", seen)
+    saved = int(read_until(victim, r"checkpoint saved at step (\d+)", seen).group(1))
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert [d for d in ArtifactStore(store).digests() if ArtifactStore(store).manifest(d)["stage"] == "fine_tune_teacher"] == []
+
+    rerun = subprocess.run([sys.executable, "-c", TRAIN, str(store), str(emotion_dir)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    resumed = int(re.search(r"resumed from the checkpoint at step (\d+)/(\d+)", rerun.stdout).group(1))
+    assert resumed >= saved  # at most the steps after the last checkpoint were lost
+    assert re.search(r"DIGEST (\w+)", rerun.stdout).group(1) == uninterrupted  # bit-identical to a run never killed
+    assert not any((store / "checkpoints").iterdir())  # cleared once the artifact is published
+
+
+def test_killed_pipeline_reruns_only_the_interrupted_stage_onwards(tmp_path, emotion_dir):
+    args = ["--smoke", "--data", str(emotion_dir), "--store", str(tmp_path / "store"), "--teacher-epochs", "12"]
+    env = {**os.environ, **OFFLINE, "DISTILLERY_CHECKPOINT_SECONDS": "1", "PREFECT_HOME": str(tmp_path / "home")}
+    seen: list[str] = []
+    victim = start([sys.executable, "flows/emotion.py", *args], env)
+    saved = int(read_until(victim, r"fine_tune_teacher: checkpoint saved at step (\d+)", seen, timeout=600).group(1))
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole run, temporary Prefect server included
+    victim.wait()
+    run = run_cli(args, tmp_path, extra_env={"DISTILLERY_CHECKPOINT_SECONDS": "1"})
+    assert run.code == 0, run.output[-3000:]
+    assert run.states()["fetch_dataset"] == run.states()["tokenize"] == "cached"
+    assert run.states()["fine_tune_teacher"] == "computed"
+    resumed = int(re.search(r"fine_tune_teacher: resumed from the checkpoint at step (\d+)", run.output).group(1))
+    assert resumed >= saved
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from artifacts.store import ArtifactStore
+    store = ArtifactStore(sys.argv[1])
+    with store.new_artifact() as out:
+        with open(out / "model.safetensors", "wb") as handle:
+            handle.write(b"x" * 1_000_000)
+            handle.flush()
+            print("HALF", flush=True)
+            time.sleep(600)
+""")
+
+
+def test_process_killed_while_writing_leaves_no_visible_artifact(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    writer = start([sys.executable, "-c", WRITER, str(tmp_path / "store")], {**os.environ})
+    read_until(writer, "HALF", [])
+    os.killpg(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert store.digests() == []  # the half-written folder is only in staging/
+    assert len(list((tmp_path / "store" / "staging").iterdir())) == 1
