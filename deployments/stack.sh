@@ -99,7 +99,12 @@ start_postgres() {
   [ -n "$PG_BIN" ] || { log "PostgreSQL not installed: run deployments/install-services.sh"; exit 1; }
   mkdir -p "$data" "$socket"
   touch "$STACK/logs/postgres.log"
-  if [ "$(id -u)" = 0 ]; then chown postgres "$data" "$socket" "$STACK/logs/postgres.log"; fi
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$data" "$socket" "$STACK/logs/postgres.log"
+    runuser -u postgres -- test -w "$data" || {
+      log "the database user 'postgres' cannot reach $data: choose a DISTILLERY_STACK_DIR that every user may traverse"
+      exit 1; }
+  fi
   if [ ! -s "$data/PG_VERSION" ]; then
     local pwfile; pwfile=$(mktemp); secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > "$pwfile"
     if [ "$(id -u)" = 0 ]; then chown postgres "$pwfile"; fi

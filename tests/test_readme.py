@@ -2,10 +2,11 @@
 
 import os
 import re
+import shutil
 import subprocess
 
 from conftest import OFFLINE, REPO
-from test_team import stack_environment
+from test_team import stack_environment, stack_folder
 
 README = (REPO / "README.md").read_text()
 
@@ -35,11 +36,16 @@ def test_make_smoke_runs_the_whole_dag(tmp_path):
 def test_run_on_a_prefect_server_section_works_as_written(tmp_path, emotion_dir):
     block = section_block("Run on a Prefect server")
     assert "stack.sh up" in block and "deployment run" in block and "stack.sh down" in block
-    env = stack_environment(tmp_path / "stack", emotion_dir)
+    stack_dir = stack_folder()
+    env = stack_environment(stack_dir, emotion_dir)
     env.pop("DISTILLERY_DATA")  # the block sets it itself
     env.pop("PREFECT_SERVER_API_AUTH_STRING")
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    logs = "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in (tmp_path / "stack" / "logs").glob("*.log"))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
-    assert "Flow run finished successfully in 'Completed'" in run.stdout
-    assert not list((tmp_path / "stack" / "pids").glob("*.pid"))  # everything stopped
+    try:
+        run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        logs = "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in (stack_dir / "logs").glob("*.log"))
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
+        assert "Flow run finished successfully in 'Completed'" in run.stdout
+        assert not list((stack_dir / "pids").glob("*.pid"))  # everything stopped
+    finally:
+        subprocess.run(["bash", str(REPO / "deployments" / "stack.sh"), "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
+        shutil.rmtree(stack_dir, ignore_errors=True)

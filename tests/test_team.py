@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -62,9 +63,15 @@ def client_environment(env: dict[str, str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in exported.split("\0") if "=" in item)
 
 
+def stack_folder() -> Path:
+    """Inside the repository, like the default .stack: PostgreSQL runs as its own user,
+    which cannot enter pytest's private temporary folders."""
+    return REPO / f".stack-test-{os.urandom(4).hex()}"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, emotion_dir):
-    stack_dir = tmp_path_factory.mktemp("stack")
+def stack(emotion_dir):
+    stack_dir = stack_folder()
     env = stack_environment(stack_dir, emotion_dir)
     started = time.monotonic()
     up = subprocess.run(["bash", str(STACK), "up", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -80,6 +87,7 @@ def stack(tmp_path_factory, emotion_dir):
         yield {"dir": stack_dir, "env": client, "ports": ports, "up_seconds": up_seconds}
     finally:
         subprocess.run(["bash", str(STACK), "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
+        shutil.rmtree(stack_dir, ignore_errors=True)
 
 
 def query(stack, deployment: str) -> list[dict]:
