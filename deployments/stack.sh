@@ -8,6 +8,7 @@
 #   deployments/stack.sh up [N]     start everything, with N workers (default 2)
 #   deployments/stack.sh worker I   start one more worker, worker-I
 #   deployments/stack.sh down       stop everything, by PID, newest first
+#   deployments/stack.sh restart-server   stop and start the Prefect server only
 #   deployments/stack.sh status     what runs
 #   deployments/stack.sh env        the client settings, for: eval "$(deployments/stack.sh env)"
 #
@@ -214,6 +215,7 @@ case "${1:-}" in
   worker) set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
   down) down ;;
   status) status ;;
+  restart-server) set -a; source "$STACK/env"; set +a; stop_pid server; start_server ;;
   env) cat "$STACK/env" ;;
   *) echo "usage: $0 up [WORKERS] | worker N | down | status | env" >&2; exit 2 ;;
 esac

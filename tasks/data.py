@@ -235,7 +235,7 @@ def label_ids(values: pd.Series, names: list[str], where: str) -> np.ndarray:
         shown = ", ".join(f"{v} (row {r})" for v, r in list(bad.items())[:5])
         raise DistilleryError(
             f"labels outside the label set {names} in {where}: {shown}; fix those rows, "
-            f"or pass the full label set with --label-names"
+            f"or pass the full label set with --data-label-names"
         )
     return ids
 
@@ -273,11 +273,11 @@ def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]
         files = locate_split_files(params)
         raw = {split: read_table(fs, path) for split, path in files.items()}
         hub_names, where = None, files
-    text_col = {s: _pick_column(f, params.text_column, TEXT_COLUMNS, "text", where[s], "--text-column") for s, f in raw.items()}
-    label_col = {s: _pick_column(f, params.label_column, LABEL_COLUMNS, "label", where[s], "--label-column") for s, f in raw.items()}
+    text_col = {s: _pick_column(f, params.text_column, TEXT_COLUMNS, "text", where[s], "--data-text-column") for s, f in raw.items()}
+    label_col = {s: _pick_column(f, params.label_column, LABEL_COLUMNS, "label", where[s], "--data-label-column") for s, f in raw.items()}
     names = params.label_names or hub_names or infer_label_names(raw, label_col)
     if len(names) < 2 or len(set(names)) != len(names):
-        raise DistilleryError(f"label set {names} needs at least two distinct names; fix --label-names")
+        raise DistilleryError(f"label set {names} needs at least two distinct names; fix --data-label-names")
     splits = {s: normalise_split(f, text_col[s], label_col[s], names, where[s]) for s, f in raw.items()}
     if "validation" not in splits:
         train = splits["train"]

@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from artifacts.stage import Progress, Stage
 from tasks.errors import DistilleryError
@@ -33,14 +33,15 @@ class StudentParams(TrainParams):
     hard_label_weight: float = Field(0.0, ge=0, le=1, description="weight of cross-entropy on the true labels, mixed into the loss")
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate")
 
-    @model_validator(mode="after")
-    def _layers_are_distinct_and_ordered(self) -> "StudentParams":
-        if self.layers is not None:
-            if not self.layers:
+    @field_validator("layers")
+    @classmethod
+    def _layers_are_distinct_and_ordered(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None:
+            if not layers:
                 raise ValueError("student layers must not be empty")
-            if sorted(set(self.layers)) != self.layers or min(self.layers) < 0:
-                raise ValueError(f"student layers {self.layers} must be distinct, ascending, non-negative indices")
-        return self
+            if sorted(set(layers)) != layers or min(layers) < 0:
+                raise ValueError(f"student layers {layers} must be distinct, ascending, non-negative indices")
+        return layers
 
 
 def student_layers(params: StudentParams, teacher_layers: int) -> list[int]:

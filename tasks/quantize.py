@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
@@ -29,10 +29,16 @@ class QuantizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     approach: Literal["dynamic", "static"] = Field("dynamic", description="INT8 approach: dynamic (no calibration) or static (calibrated activations)")
-    quant_format: Literal["QOperator", "QDQ"] = Field("QOperator", description="static only: fused INT8 operators or quantize/dequantize pairs")
+    quant_format: Literal["QOperator", "QDQ"] | None = Field(None, description="static only: fused INT8 operators (QOperator, the default) or quantize/dequantize pairs (QDQ)")
     calibration_samples: int = Field(256, ge=1, description="static only: training sentences used to calibrate activation ranges")
     calibration_batch_size: int = Field(16, ge=1, description="static only: sentences per calibration batch")
     seed: int = Field(42, description="seed for picking calibration sentences")
+
+    @model_validator(mode="after")
+    def _format_needs_static(self) -> "QuantizeParams":
+        if self.approach == "dynamic" and self.quant_format is not None:
+            raise ValueError("quant_format applies to static quantization only: drop it, or set approach to static")
+        return self
 
 
 class CalibrationBatches:
@@ -67,7 +73,7 @@ def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np
 
     config = PostTrainingQuantConfig(
         approach=params.approach,
-        quant_format=params.quant_format,
+        quant_format=params.quant_format or "QOperator",
         device="cpu",
         backend="default",
         domain="nlp",

@@ -1,0 +1,76 @@
+"""Bad input, through the command line as users meet it: refused before any training,
+with the problem and the fix named, exit code 2, and the store left exactly as it was."""
+
+import pytest
+
+from conftest import run_cli, store_copy, tree_state, write_emotion_slice
+
+
+def broken_data(root, emotion_dir, name, change):
+    folder = write_emotion_slice(emotion_dir, root / name, {"train": 40, "val": 10, "test": 10})
+    change(folder)
+    return str(folder)
+
+
+def _append(file, data: bytes):
+    return lambda f: (f / file).write_bytes((f / file).read_bytes() + data)
+
+
+DATA_CASES = {
+    # name: (how the data folder is broken, extra flags, words of the problem, words of the fix)
+    "no test split": (lambda f: (f / "test.txt").unlink(), [], "no test split", "--data-splits"),
+    "label outside the set": (_append("val.txt", b"i am thrilled;ecstasy\n"), [], "outside the label set", "--data-label-names"),
+    "empty split": (lambda f: (f / "test.txt").write_text("text;label_name\n"), [], "is empty", "at least one labelled row"),
+    "empty text": (_append("train.txt", b"  ;joy\n"), [], "empty text", "remove those rows"),
+    "not utf-8": (_append("train.txt", "na\u00efve;joy\n".encode("latin-1")), [], "not UTF-8", "iconv"),
+    "line without label": (_append("train.txt", b"no separator here\n"), [], "has no ';'", "text;label"),
+    "unknown label column": (lambda f: None, ["--data-label-column", "emotion"], "label column 'emotion' is not in", "--data-label-column"),
+    "unsupported format": (lambda f: [(f / n).rename(f / n.replace(".txt", ".xlsx")) for n in ("train.txt", "val.txt", "test.txt")],
+                           [], "no train split", ".parquet"),
+    "malformed csv": (lambda f: [(f / n).unlink() for n in ("train.txt", "val.txt", "test.txt")] and
+                      [(f / f"{s}.csv").write_text('text,label\n"never closed,joy\nfine,joy\n') for s in ("train", "test")],
+                      [], "cannot parse", "fix the file"),
+}
+
+FLAG_CASES = {
+    "missing data path": (["--data", "/nonexistent/emotion"], "does not exist", "--data"),
+    "negative epochs": (["--teacher-epochs", "-1"], "--teacher-epochs", "greater than 0"),
+    "unknown choice": (["--quantize-approach", "float8"], "invalid choice", "dynamic"),
+    "conflicting options": (["--quantize-approach", "dynamic", "--quantize-quant-format", "QDQ"], "static quantization only", "approach to static"),
+    "impossible length": (["--tokenize-max-length", "4"], "--tokenize-max-length", "greater than or equal to 8"),
+    "malformed JSON": (["--data-splits", "{train: train"], "--data-splits", "expected JSON"),
+    "student deeper than teacher": (["--student-layers", "0,1,2"], "do not fit a 2-layer teacher", "--student-layers"),
+    "student layers out of order": (["--student-layers", "1,0"], "distinct, ascending", "--student-layers"),
+    "missing model folder": (["--teacher", "./no-such-checkpoint"], "does not exist", "'minilm'"),
+    "unknown hub model offline": (["--teacher", "nobody/no-such-model"], "Hugging Face Hub", "'minilm'"),
+}
+
+
+@pytest.fixture(scope="module")
+def guarded_store(cold, tmp_path_factory):
+    """A store that already holds a full run, which no bad input may touch."""
+    return store_copy(cold, tmp_path_factory.mktemp("guarded"))
+
+
+def refuse(args, tmp_path, store, problem, fix):
+    before = tree_state(store)
+    run = run_cli([*args, "--store", str(store)], tmp_path, timeout=180)
+    assert run.code == 2, run.output[-2000:]
+    message = run.output
+    assert problem in message and fix in message, message[-2000:]
+    assert "Traceback" not in message and "fine_tune_teacher:" not in message  # refused before any stage ran
+    assert tree_state(store) == before
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_bad_data_is_refused(case, tmp_path, emotion_dir, guarded_store):
+    change, flags, problem, fix = DATA_CASES[case]
+    data = broken_data(tmp_path, emotion_dir, "data", change)
+    refuse(["--smoke", "--data", data, *flags], tmp_path, guarded_store, problem, fix)
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_bad_configuration_or_model_is_refused(case, tmp_path, emotion_dir, guarded_store):
+    flags, problem, fix = FLAG_CASES[case]
+    data = [] if "--data" in flags else ["--data", str(emotion_dir)]
+    refuse(["--smoke", *data, *flags], tmp_path, guarded_store, problem, fix)

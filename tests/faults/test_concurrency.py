@@ -1,0 +1,27 @@
+"""Identical runs started together compute each stage exactly once."""
+
+import threading
+
+from conftest import run_cli
+from flows.pipeline import STAGE_NAMES
+
+
+def test_three_identical_concurrent_runs_compute_each_stage_once(tmp_path, emotion_dir):
+    store = tmp_path / "store"
+    args = ["--smoke", "--data", str(emotion_dir), "--store", str(store), "--evaluate-latency-sentences", "5"]
+    runs = [None] * 3
+
+    def start(i):
+        runs[i] = run_cli(args, tmp_path)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.code == 0 for r in runs), [r.output[-2000:] for r in runs]
+    for stage in STAGE_NAMES:
+        states = sorted(r.states()[stage] for r in runs)
+        assert states == ["cached", "cached", "computed"], (stage, states)
+    assert len({r.summary["stages"]["quantize"]["artifact"] for r in runs}) == 1
+    assert not list((store / "locks").glob("*.lock"))  # every lease released
