@@ -8,6 +8,7 @@
 #   deployments/stack.sh up [N]     start everything, with N workers (default 2)
 #   deployments/stack.sh worker I   start one more worker, worker-I
 #   deployments/stack.sh down       stop everything, by PID, newest first
+#   deployments/stack.sh purge      down, then delete the stack's state (database, secrets, logs)
 #   deployments/stack.sh restart-server   stop and start the Prefect server only
 #   deployments/stack.sh status     what runs
 #   deployments/stack.sh env        the client settings, for: eval "$(deployments/stack.sh env)"
@@ -95,17 +96,24 @@ EOF
   if [ -n "${DISTILLERY_DATA:-}" ]; then echo "export DISTILLERY_DATA=$DISTILLERY_DATA" >> "$STACK/env"; fi
 }
 
+pg_home() {
+  # The cluster lives in the stack folder. PostgreSQL refuses to run as root, so as root
+  # it runs as the 'postgres' user; when that user cannot reach the stack folder (a
+  # private temporary folder, say), the cluster goes to its own home instead.
+  if [ "$(id -u)" != 0 ] || runuser -u postgres -- test -x "$STACK" 2> /dev/null; then
+    echo "$STACK/postgres"
+  else
+    echo "/var/lib/postgresql/distillery-$(printf %s "$STACK" | sha256sum | cut -c1-12)"
+  fi
+}
+
 start_postgres() {
-  local data="$STACK/postgres" socket="$STACK/postgres-socket"
+  local home data socket
+  home=$(pg_home); data="$home/data"; socket="$home/socket"
   [ -n "$PG_BIN" ] || { log "PostgreSQL not installed: run deployments/install-services.sh"; exit 1; }
   mkdir -p "$data" "$socket"
-  touch "$STACK/logs/postgres.log"
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres "$data" "$socket" "$STACK/logs/postgres.log"
-    runuser -u postgres -- test -w "$data" || {
-      log "the database user 'postgres' cannot reach $data: choose a DISTILLERY_STACK_DIR that every user may traverse"
-      exit 1; }
-  fi
+  chmod 700 "$data"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres "$home"; fi
   if [ ! -s "$data/PG_VERSION" ]; then
     local pwfile; pwfile=$(mktemp); secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > "$pwfile"
     if [ "$(id -u)" = 0 ]; then chown postgres "$pwfile"; fi
@@ -114,13 +122,13 @@ start_postgres() {
     rm -f "$pwfile"
   fi
   if as_db_owner "$PG_BIN/pg_ctl" -D "$data" status > /dev/null 2>&1; then log "postgres already running"; return; fi
-  as_db_owner "$PG_BIN/pg_ctl" -D "$data" -l "$STACK/logs/postgres.log" -w -t 60 start \
+  as_db_owner "$PG_BIN/pg_ctl" -D "$data" -l "$home/postgres.log" -w -t 60 start \
     -o "-c listen_addresses=$HOST -c port=$PG_PORT -c unix_socket_directories=$socket" > /dev/null
   head -n 1 "$data/postmaster.pid" > "$STACK/pids/postgres.pid"
   PGPASSWORD=$(secret pg_password) "$PG_BIN/psql" -h "$HOST" -p "$PG_PORT" -U prefect -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='prefect'" | grep -q 1 ||
     PGPASSWORD=$(secret pg_password) "$PG_BIN/createdb" -h "$HOST" -p "$PG_PORT" -U prefect prefect
-  log "postgres on $HOST:$PG_PORT"
+  log "postgres on $HOST:$PG_PORT (cluster in $data)"
 }
 
 start_server() {
@@ -196,8 +204,9 @@ down() {
   stop_pid server
   stop_pid s3
   stop_pid redis
-  if [ -n "$PG_BIN" ] && [ -s "$STACK/postgres/postmaster.pid" ]; then
-    as_db_owner "$PG_BIN/pg_ctl" -D "$STACK/postgres" -m fast -w stop > /dev/null && log "stopped postgres"
+  local data; data="$(pg_home)/data"
+  if [ -n "$PG_BIN" ] && [ -s "$data/postmaster.pid" ]; then
+    as_db_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop > /dev/null && log "stopped postgres"
   fi
   rm -f "$STACK/pids/postgres.pid"
 }
@@ -214,8 +223,9 @@ case "${1:-}" in
   up) up "${2:-2}" ;;
   worker) set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
   down) down ;;
+  purge) down; rm -rf "$(pg_home)" "$STACK" ;;
   status) status ;;
   restart-server) set -a; source "$STACK/env"; set +a; stop_pid server; start_server ;;
   env) cat "$STACK/env" ;;
-  *) echo "usage: $0 up [WORKERS] | worker N | down | status | env" >&2; exit 2 ;;
+  *) echo "usage: $0 up [WORKERS] | worker N | restart-server | down | purge | status | env" >&2; exit 2 ;;
 esac

@@ -109,3 +109,11 @@ def store_copy(cold, tmp_path: Path) -> Path:
     target = tmp_path / "store"
     shutil.copytree(cold[0], target)
     return target
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, emotion_dir):
+    """The real team stack, deployed (tests/teamstack.py); shared by the tests that need it."""
+    from teamstack import run_stack
+
+    yield from run_stack(tmp_path_factory.mktemp("stack"), emotion_dir)

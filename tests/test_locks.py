@@ -1,28 +1,65 @@
-"""Stage locks are leases: held while the holder lives, lapsing soon after it dies."""
+"""Stage locks are leases: held while the holder lives, lapsing soon after it dies.
+Both kinds: lock files (one machine) and Redis (workers on many machines)."""
 
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
-from artifacts.locks import LeaseLockManager
+import pytest
+
+from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from artifacts.locks import LeaseLockManager
-    manager = LeaseLockManager(Path(sys.argv[1]), lease_seconds=1.5)
+    from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
+    where = sys.argv[1]
+    manager = (RedisLeaseLockManager(where, lease_seconds=1.5) if where.startswith("redis://")
+               else LeaseLockManager(Path(where), lease_seconds=1.5))
     assert manager.acquire_lock("stage-key", "worker-a")
     print("held", flush=True)
     time.sleep(600)
 """)
 
 
-def test_lease_is_renewed_while_holder_lives_and_lapses_when_it_is_killed(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, cwd=tmp_path_factory.mktemp("redis"))
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(params=["file", "redis"])
+def where(request, tmp_path):
+    return str(tmp_path) if request.param == "file" else request.getfixturevalue("redis_url")
+
+
+def manager_for(where: str, lease: float):
+    return RedisLeaseLockManager(where, lease_seconds=lease) if where.startswith("redis://") else LeaseLockManager(Path(where), lease_seconds=lease)
+
+
+def test_lease_is_renewed_while_holder_lives_and_lapses_when_it_is_killed(where):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, where], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        manager = LeaseLockManager(tmp_path, lease_seconds=1.5)
+        manager = manager_for(where, 1.5)
         time.sleep(4)  # well past one lease: renewals keep it held
         assert manager.is_locked("stage-key")
         assert not manager.acquire_lock("stage-key", "worker-b", acquire_timeout=1)
@@ -36,10 +73,12 @@ def test_lease_is_renewed_while_holder_lives_and_lapses_when_it_is_killed(tmp_pa
     assert not manager.is_locked("stage-key")
 
 
-def test_released_lock_is_not_resurrected_by_a_late_renewal(tmp_path):
-    manager = LeaseLockManager(tmp_path, lease_seconds=0.3)
+def test_only_the_holder_releases_and_a_released_lock_stays_released(where):
+    manager = manager_for(where, 0.3)
     assert manager.acquire_lock("k", "me")
+    with pytest.raises(ValueError):
+        manager.release_lock("k", "someone-else")
     time.sleep(0.25)
     manager.release_lock("k", "me")
-    time.sleep(0.5)
-    assert not (tmp_path / "k.lock").exists()
+    time.sleep(0.5)  # a late renewal must not bring it back
+    assert not manager.is_locked("k")

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from artifacts.store import ArtifactStore
-from conftest import REPO, copy_project, run_cli, store_copy, tree_state
+from conftest import REPO, copy_project, run_cli, store_copy
 from flows.pipeline import STAGE_NAMES
 
 
@@ -66,13 +66,15 @@ def test_comment_edit_recomputes_nothing(cold, tmp_path):
     assert run.code == 0 and run.computed() == set(), run.output[-3000:]
 
 
-@pytest.mark.parametrize("damage", ["delete", "flip_byte"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip_byte"])
 def test_damaged_artifact_is_recomputed_not_served(cold, tmp_path, damage):
     store = store_copy(cold, tmp_path)
     digest = cold[2].summary["stages"]["quantize"]["artifact"]
     model = store / "objects" / digest / "model.onnx"
     if damage == "delete":
         shutil.rmtree(model.parent)
+    elif damage == "truncate":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     else:
         raw = bytearray(model.read_bytes())
         raw[len(raw) // 2] ^= 0xFF

@@ -2,11 +2,10 @@
 
 import os
 import re
-import shutil
 import subprocess
 
 from conftest import OFFLINE, REPO
-from test_team import stack_environment, stack_folder
+from teamstack import stack_environment
 
 README = (REPO / "README.md").read_text()
 
@@ -36,7 +35,7 @@ def test_make_smoke_runs_the_whole_dag(tmp_path):
 def test_run_on_a_prefect_server_section_works_as_written(tmp_path, emotion_dir):
     block = section_block("Run on a Prefect server")
     assert "stack.sh up" in block and "deployment run" in block and "stack.sh down" in block
-    stack_dir = stack_folder()
+    stack_dir = tmp_path / "stack"
     env = stack_environment(stack_dir, emotion_dir)
     env.pop("DISTILLERY_DATA")  # the block sets it itself
     env.pop("PREFECT_SERVER_API_AUTH_STRING")
@@ -47,5 +46,4 @@ def test_run_on_a_prefect_server_section_works_as_written(tmp_path, emotion_dir)
         assert "Flow run finished successfully in 'Completed'" in run.stdout
         assert not list((stack_dir / "pids").glob("*.pid"))  # everything stopped
     finally:
-        subprocess.run(["bash", str(REPO / "deployments" / "stack.sh"), "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
-        shutil.rmtree(stack_dir, ignore_errors=True)
+        subprocess.run(["bash", str(REPO / "deployments" / "stack.sh"), "purge"], cwd=REPO, env=env, capture_output=True, timeout=300)

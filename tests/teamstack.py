@@ -1,0 +1,92 @@
+"""The real team stack for tests: PostgreSQL + Prefect server + Redis + S3 (moto) + two
+process workers, started and stopped by deployments/stack.sh on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from conftest import OFFLINE, REPO
+
+STACK = REPO / "deployments" / "stack.sh"
+BIN = Path(sys.executable).parent
+
+# Reads one deployment's flow runs and their task-run states from the server as JSON.
+QUERY = textwrap.dedent("""
+    import json, sys
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[sys.argv[1]])))
+        out = []
+        for run in runs:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            out.append({"id": str(run.id), "state": run.state.name, "start": str(run.expected_start_time),
+                        "tasks": {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}})
+        print(json.dumps(out))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_environment(stack_dir: Path, data: Path) -> dict[str, str]:
+    env = {**os.environ, **OFFLINE, "DISTILLERY_STACK_DIR": str(stack_dir), "DISTILLERY_PYTHON": sys.executable,
+           "DISTILLERY_DATA": str(data), "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+           "PREFECT_SERVER_API_AUTH_STRING": "distillery:" + os.urandom(8).hex()}
+    for name in ("PG", "PREFECT", "REDIS", "S3"):
+        env[f"DISTILLERY_{name}_PORT"] = str(free_port())
+    for name in ("PREFECT_API_URL", "PREFECT_HOME", "DISTILLERY_STORE", "DISTILLERY_LOCKS"):
+        env.pop(name, None)
+    return env
+
+
+def client_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment after `source $STACK/env`, as a client shell has it."""
+    exported = subprocess.run(["bash", "-c", f"set -a; source {env['DISTILLERY_STACK_DIR']}/env; env -0"],
+                              env=env, capture_output=True, check=True).stdout.decode()
+    return dict(item.split("=", 1) for item in exported.split("\0") if "=" in item)
+
+
+def run_stack(stack_dir: Path, data: Path):
+    """Bring the stack up with two workers and deploy; yields its description; purges it."""
+    env = stack_environment(stack_dir, data)
+    started = time.monotonic()
+    up = subprocess.run(["bash", str(STACK), "up", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    up_seconds = time.monotonic() - started
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr + "".join(
+            f"\n--- {log.name}\n{log.read_text()[-2000:]}" for log in (stack_dir / "logs").glob("*.log"))
+        client = client_environment(env)
+        started = time.monotonic()
+        deploy = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"],
+                                cwd=REPO, env=client, capture_output=True, text=True, timeout=300)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        print(f"\nFIGURE stack up (PostgreSQL, server, Redis, S3, pool, 2 workers): {up_seconds:.1f}s; "
+              f"deploy 4 deployments: {time.monotonic() - started:.1f}s")
+        ports = {name: int(env[f"DISTILLERY_{name}_PORT"]) for name in ("PG", "PREFECT", "REDIS", "S3")}
+        yield {"dir": stack_dir, "env": client, "ports": ports, "up_seconds": up_seconds}
+    finally:
+        subprocess.run(["bash", str(STACK), "purge"], cwd=REPO, env=env, capture_output=True, timeout=300)
+
+
+def query(stack, deployment: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", QUERY, deployment], env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def deployment_run(stack, *params: str) -> subprocess.Popen:
+    args = [str(BIN / "prefect"), "deployment", "run", "distillery/emotion", "--watch"]
+    for param in params:
+        args += ["--param", param]
+    return subprocess.Popen(args, cwd=stack["dir"], env=stack["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
