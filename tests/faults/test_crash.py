@@ -60,8 +60,11 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_ends_identica
 
     rerun = subprocess.run([sys.executable, "-c", TRAIN, str(store), str(emotion_dir)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
-    resumed = int(re.search(r"resumed from the checkpoint at step (\d+)/(\d+)", rerun.stdout).group(1))
+    found = re.search(r"resumed from the checkpoint at step (\d+)/(\d+)", rerun.stdout)
+    resumed, total = int(found.group(1)), int(found.group(2))
     assert resumed >= saved  # at most the steps after the last checkpoint were lost
+    print(f"\nFIGURE SIGKILL after checkpoint at step {saved}/{total}: resumed at step {resumed}, "
+          f"{total - resumed} of {total} steps redone, result bit-identical")
     assert re.search(r"DIGEST (\w+)", rerun.stdout).group(1) == uninterrupted  # bit-identical to a run never killed
     assert not any((store / "checkpoints").iterdir())  # cleared once the artifact is published
 
@@ -80,6 +83,8 @@ def test_killed_pipeline_reruns_only_the_interrupted_stage_onwards(tmp_path, emo
     assert run.states()["fine_tune_teacher"] == "computed"
     resumed = int(re.search(r"fine_tune_teacher: resumed from the checkpoint at step (\d+)", run.output).group(1))
     assert resumed >= saved
+    print(f"\nFIGURE pipeline killed in fine_tune_teacher after checkpoint {saved}: resumed at {resumed}; "
+          f"recomputed {sorted(run.computed())}")
 
 
 WRITER = textwrap.dedent("""
