@@ -7,7 +7,8 @@
                              not, which parameter, upstream artifact, code module, library
                              version or source file changed since the artifact it made last
   gc [--delete]              artifacts no record, alias or downstream artifact needs, old
-                             staging folders and lapsed locks; listed, deleted with --delete
+                             staging folders, checkpoints of finished or abandoned stages;
+                             listed, deleted with --delete
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from artifacts.lineage import age_seconds, entries, referenced, roots
-from artifacts.store import DEFAULT_STORE, ArtifactStore
+from artifacts.records import record_keys
+from artifacts.store import DEFAULT_STORE, DIGEST_PATTERN, ArtifactStore
 
 
 def _size(n: int) -> str:
@@ -71,9 +73,35 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
             print(f"{verb} staging/{folder.name} (left by an interrupted run)")
             if args.delete:
                 shutil.rmtree(folder, ignore_errors=True)
+    finished = set(record_keys(store))
+    checkpoints = []
+    for folder in _checkpoint_folders(store):
+        key = folder.rstrip("/").rsplit("/", 1)[-1]
+        age = time.time() - _mtime(store, folder)
+        # Kept while a crashed run may still resume from it; gone once its stage is cached.
+        if key in finished or age > args.checkpoint_days * 86400:
+            checkpoints.append(folder)
+            print(f"{verb} checkpoints/{key[:12]} ({'its stage is cached' if key in finished else 'abandoned'})")
+            if args.delete:
+                store.fs.rm(folder, recursive=True)
     freed = sum(e.size_bytes for e in doomed)
-    print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}) and {len(stale)} staging folders; kept {len(keep & set(known))}")
+    print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}), {len(stale)} staging folders and "
+          f"{len(checkpoints)} checkpoints; kept {len(keep & set(known))} artifacts")
     return 0
+
+
+def _checkpoint_folders(store: ArtifactStore) -> list[str]:
+    try:
+        return [p for p in store.fs.ls(f"{store.path}/checkpoints", detail=False) if DIGEST_PATTERN.match(p.rstrip("/").rsplit("/", 1)[-1])]
+    except FileNotFoundError:
+        return []
+
+
+def _mtime(store: ArtifactStore, path: str) -> float:
+    try:
+        return store.fs.info(f"{path}/checkpoint.json").get("mtime") or time.time()
+    except FileNotFoundError:
+        return 0.0  # never completed: as old as can be
 
 
 def cmd_explain(store: ArtifactStore, args: argparse.Namespace) -> int:
@@ -102,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--repair", action="store_true", help="delete broken artifacts so they are recomputed")
     gc = commands.add_parser("gc", help="delete what nothing references")
     gc.add_argument("--delete", action="store_true", help="delete; without it, only list")
-    gc.add_argument("--min-age-minutes", type=float, default=60, help="never touch anything younger")
+    gc.add_argument("--min-age-minutes", type=float, default=60, help="never touch artifacts or staging folders younger than this")
+    gc.add_argument("--checkpoint-days", type=float, default=7, help="delete checkpoints of unfinished stages older than this")
     explain = commands.add_parser("explain", help="why each stage would (not) rerun")
     explain.add_argument("--workload", default="emotion", help="preset, as flows/<workload>.py")
     explain.add_argument("--data", default=os.environ.get("DISTILLERY_DATA"), help="data source (env DISTILLERY_DATA)")

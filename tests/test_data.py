@@ -105,13 +105,13 @@ BAD_INPUTS = {
     "data path is a file": (lambda f: params(f / "train.txt"), "is a file", "--data"),
     "missing test split": (lambda f: (f / "test.txt").unlink() or params(f), "no test split", "--data-splits"),
     "missing named split file": (lambda f: params(f, splits={"train": "train", "test": "holdout.tsv"}), "holdout.tsv", "--data-splits"),
-    "unknown label column": (lambda f: params(f, label_column="emotion"), "label column 'emotion' is not in", "--label-column"),
+    "unknown label column": (lambda f: params(f, label_column="emotion"), "label column 'emotion' is not in", "--data-label-column"),
     "lines without labels": (lambda f: _strip_labels(f) or params(f), "no ';'", "text;label"),
-    "label outside the set": (lambda f: _edit(f, "val", lambda b: b.replace(b";joy\n", b";happiness\n", 1)) or params(f), "outside the label set", "--label-names"),
+    "label outside the set": (lambda f: _edit(f, "val", lambda b: b.replace(b";joy\n", b";happiness\n", 1)) or params(f), "outside the label set", "--data-label-names"),
     "empty split": (lambda f: _edit(f, "test", lambda b: b"text;label_name\n") or params(f), "is empty", "at least one"),
     "empty text": (lambda f: _edit(f, "train", lambda b: b + b"   ;joy\n") or params(f), "empty text", "remove those rows"),
     "not utf-8": (lambda f: _edit(f, "train", lambda b: b + "caf\u00e9;joy\n".encode("latin-1")) or params(f), "not UTF-8", "iconv"),
-    "one-label set": (lambda f: params(f).model_copy(update={"label_names": ["joy"]}), "at least two", "--label-names"),
+    "one-label set": (lambda f: params(f).model_copy(update={"label_names": ["joy"]}), "at least two", "--data-label-names"),
 }
 
 
@@ -153,5 +153,5 @@ def test_csv_without_a_label_column_names_the_columns_found(tmp_path):
     folder.mkdir()
     for split in ("train", "test"):
         (folder / f"{split}.csv").write_text("text,score\nhello,1\nbye,2\n")
-    with pytest.raises(DistilleryError, match=r"no label column .*\['text', 'score'\].*--label-column"):
+    with pytest.raises(DistilleryError, match=r"no label column .*\['text', 'score'\].*--data-label-column"):
         load_splits(DataParams(source=str(folder)))

@@ -47,6 +47,10 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
         (out / "orphan.bin").write_bytes(b"left over by an abandoned experiment")
         orphan = artifacts.publish(out, "model", {"stage": "fine_tune_teacher", "upstream": {}})
     (store / "staging" / "interrupted-run").mkdir(parents=True)
+    finished_key = next((store / "records").iterdir()).name
+    for key in (finished_key, "c" * 64):  # a finished stage's leftover, and a crashed run's
+        (store / "checkpoints" / key).mkdir(parents=True)
+        (store / "checkpoints" / key / "checkpoint.json").write_text("{}")
     dry = cache(store, "gc", "--min-age-minutes", "0")
     assert f"would delete {orphan.digest[:12]}" in dry.stdout and "staging/interrupted-run" in dry.stdout
     assert (store / "objects" / orphan.digest).exists()  # a dry run deletes nothing
@@ -55,6 +59,8 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     cache(store, "gc", "--delete", "--min-age-minutes", "0")
     assert not (store / "objects" / orphan.digest).exists()
     assert not (store / "staging" / "interrupted-run").exists()
+    assert not (store / "checkpoints" / finished_key).exists()
+    assert (store / "checkpoints" / ("c" * 64)).exists()  # may still be resumed
     for stage in cold[2].summary["stages"].values():
         assert artifacts.verify(stage["artifact"]).ok
 
