@@ -42,15 +42,15 @@ def cmd_list(store: ArtifactStore, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(store: ArtifactStore, args: argparse.Namespace) -> int:
-    bad = 0
-    for digest in store.digests():
+    digests, bad = store.digests(), 0
+    for digest in digests:
         check = store.verify(digest)
         if not check.ok:
             bad += 1
             print(f"BROKEN {digest[:12]}: {check.problem}" + ("; deleted" if args.repair else ""))
             if args.repair:
                 store.remove(digest)
-    print(f"{len(store.digests()) + (bad if args.repair else 0)} artifacts checked, {bad} broken")
+    print(f"{len(digests)} artifacts checked, {bad} broken")
     return 1 if bad and not args.repair else 0
 
 
