@@ -18,7 +18,6 @@ trained model, which it would if it were part of the stages' code fingerprint.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,37 +27,8 @@ from pydantic import BaseModel
 
 from artifacts.checkpoints import Checkpoints
 from artifacts.keys import cache_key, code_fingerprint, library_versions
+from artifacts.progress import Progress
 from artifacts.store import ArtifactRef, ArtifactStore
-
-
-class Progress:
-    """Throttled progress lines for long loops, sent to any logging callable.
-
-    It also carries the stage run's checkpoints (None outside run_stage), so a long
-    loop can save its state and resume it after a crash.
-    """
-
-    def __init__(self, log: Callable[[str], None] | None = None, every_seconds: float = 10.0):
-        self.log = log or logging.getLogger("distillery").info
-        self.every_seconds = every_seconds
-        self.checkpoints: Checkpoints | None = None
-        self._last = 0.0
-        self._started: dict[str, float] = {}
-
-    def info(self, message: str) -> None:
-        self.log(message)
-
-    def step(self, label: str, done: int, total: int, **stats: float) -> None:
-        now = time.monotonic()
-        started = self._started.setdefault(label, now)
-        if done < total and now - self._last < self.every_seconds:
-            return
-        self._last = now
-        elapsed = now - started
-        eta = elapsed / done * (total - done) if done else float("nan")
-        extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
-        self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
-                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s".replace("  ", " "))
 
 
 Build = Callable[[Any, Mapping[str, Path], Path, Progress], dict]

@@ -133,6 +133,8 @@ def format_table(summary: dict) -> str:
     for name, m in summary["metrics"].items():
         lines.append(f"{name:<14} {m['accuracy']:>8.4f} {m['macro_f1']:>8.4f} {m['latency_p50_ms']:>8.2f} "
                      f"{m['latency_p95_ms']:>8.2f} {m['size_bytes'] / 1e6:>7.1f}")
+    lines.append("")
+    lines.append(f"report: {summary['report']['location']}/report.md")
     return "\n".join(lines)
 
 

@@ -5,8 +5,12 @@
 
 `stage_task` is the one place a stage becomes a Prefect task, so every stage gets
 the same cache policy (key from its declared inputs, verified hits), isolation
-(one computation per key, however many runs ask at once), and JSON results (an
-ArtifactRef, never a pickled model).
+(one computation per key, however many runs ask at once), JSON results (an
+ArtifactRef, never a pickled model) and a progress artifact for its long loops.
+
+After the stages, every run writes its report (tasks/report.py) and publishes it
+as Prefect markdown and table artifacts from the flow itself, so a run served
+entirely from the cache still shows what it delivered.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import State
 
@@ -28,7 +34,7 @@ from artifacts.stage import Progress, Stage, run_stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
-from tasks import data, distil, evaluate, export, quantize, teacher, tokenize
+from tasks import data, distil, evaluate, export, quantize, report, teacher, tokenize
 from tasks.models import load_config
 
 FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
@@ -58,6 +64,26 @@ def records_storage(store: ArtifactStore) -> Path | str:
     return f"remote-file-system/{name}"
 
 
+def artifact_key(*words: str) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    return "-".join(words).replace("_", "-").lower()
+
+
+def task_progress(stage: Stage) -> Progress:
+    """Log lines, a terminal bar, and a Prefect progress artifact made on the first step."""
+    artifact_id = None
+
+    def on_fraction(label: str, fraction: float) -> None:
+        nonlocal artifact_id
+        percent = round(100 * fraction, 1)
+        if artifact_id is None:
+            artifact_id = create_progress_artifact(percent, key=artifact_key(stage.name, "progress"), description=label)
+        else:
+            update_progress_artifact(artifact_id, percent)
+
+    return Progress(get_run_logger().info, on_fraction=on_fraction)
+
+
 def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
     policy = StageCachePolicy(
         stage=stage,
@@ -66,7 +92,7 @@ def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
     )
 
     def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef:
-        return run_stage(stage, params, inputs, ArtifactStore(store), Progress(get_run_logger().info))
+        return run_stage(stage, params, inputs, ArtifactStore(store), task_progress(stage))
 
     return task(
         run,
@@ -77,6 +103,46 @@ def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
         result_storage=records,
         retries=0,
     )
+
+
+@task(name="report", cache_policy=NO_CACHE, persist_result=False)
+def write_report(workload: str, stages: dict, evaluation: ArtifactRef, store: str) -> ArtifactRef:
+    """Never cached: the report describes this run, including which stages were cached."""
+    params = report.ReportParams(workload=workload, stages=stages)
+    return run_stage(report.STAGE, params, {"evaluation": evaluation}, ArtifactStore(store), Progress(get_run_logger().info))
+
+
+def publish_report(workload: str, store: ArtifactStore, ref: ArtifactRef) -> str:
+    """The report as Prefect artifacts (markdown and a table); returns where its files are."""
+    folder = store.open(ref)
+    location = f"{store.root}/objects/{ref.digest}"
+    body = (folder / "report.md").read_text()
+    body = "\n".join(line for line in body.splitlines() if not line.startswith("![")) + (
+        f"\n\nPlots (PNG) and this report: `{location}` (alias `{workload}/report`).\n"
+    )
+    create_markdown_artifact(body, key=artifact_key(workload, "report"), description=f"{workload} run report")
+    rows = json.loads((folder / "models.json").read_text())
+    table = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    create_table_artifact(table, key=artifact_key(workload, "models"), description="accuracy, latency and size per model")
+    return location
+
+
+# stage(STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
+CallStage = Callable[..., ArtifactRef]
+
+
+def run_dag(config: PipelineConfig, stage: CallStage) -> dict[str, ArtifactRef]:
+    """The DAG, written once: the flow runs it through Prefect, bench/pipeline.py without."""
+    dataset = stage(FETCH_DATASET, config.data)
+    tokens = stage(TOKENIZE, config.tokenize, dataset=dataset)
+    teacher_model = stage(FINE_TUNE_TEACHER, config.teacher, tokens=tokens)
+    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model)
+    student_onnx = stage(EXPORT_ONNX, config.export, model=student_model, tokens=tokens)
+    student_int8 = stage(QUANTIZE, config.quantize, onnx=student_onnx, tokens=tokens)
+    evaluation = stage(EVALUATE, config.evaluate, tokens=tokens, teacher=teacher_model,
+                       student=student_model, student_int8=student_int8)
+    return {"dataset": dataset, "tokens": tokens, "teacher": teacher_model, "student": student_model,
+            "student_onnx": student_onnx, "student_int8": student_int8, "evaluation": evaluation}
 
 
 class StageRunner:
@@ -125,17 +191,15 @@ def distillery(
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
 
-    dataset = stage(FETCH_DATASET, config.data)
-    tokens = stage(TOKENIZE, config.tokenize, dataset=dataset)
-    teacher_model = stage(FINE_TUNE_TEACHER, config.teacher, tokens=tokens)
-    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model)
-    student_onnx = stage(EXPORT_ONNX, config.export, model=student_model, tokens=tokens)
-    student_int8 = stage(QUANTIZE, config.quantize, onnx=student_onnx, tokens=tokens)
-    report = stage(EVALUATE, config.evaluate, tokens=tokens, teacher=teacher_model,
-                   student=student_model, student_int8=student_int8)
+    made = run_dag(config, stage)
+    student_int8, evaluation = made["student_int8"], made["evaluation"]
 
     artifacts.set_alias(f"{config.name}/latest", student_int8)
-    metrics = json.loads((artifacts.open(report) / "metrics.json").read_text())["models"]
-    return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root}
+    run_report = write_report(config.name, stage.stages, evaluation, artifacts.root)
+    artifacts.set_alias(f"{config.name}/report", run_report)
+    location = publish_report(config.name, artifacts, run_report)
+    metrics = json.loads((artifacts.open(evaluation) / "metrics.json").read_text())["models"]
+    return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root,
+            "report": {"artifact": run_report.digest, "location": location}}
 
 

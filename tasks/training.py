@@ -55,7 +55,10 @@ def train(
     progress: Progress,
     label: str,
     validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
+    pad_to: int | None = None,
 ) -> dict:
+    """Train in place; returns the history. `pad_to` pads every batch to that length,
+    as `padding="max_length"` does (bench/pipeline.py compares it with dynamic padding)."""
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     lengths = [len(s) for s in sequences]
@@ -83,7 +86,7 @@ def train(
         running = _restore(folder, model, optimizer, schedule)
         progress.info(f"{label}: resumed from the checkpoint at step {first}/{len(plan)}")
     for step, batch in enumerate(plan[first:], start=first + 1):
-        input_ids, mask = pad(sequences, batch)
+        input_ids, mask = pad(sequences, batch, to_length=pad_to)
         loss = loss_fn(model, batch, input_ids, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

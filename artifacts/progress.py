@@ -1,0 +1,89 @@
+"""Progress of long stage loops, shown three ways at once.
+
+- throttled log lines (every `every_seconds`): they reach the Prefect UI and CI logs;
+- a terminal progress bar (tqdm on stderr) when a person is watching a terminal;
+- `on_fraction(label, fraction)`, throttled to `report_seconds`, which the flow
+  turns into a Prefect progress artifact.
+
+Stages only call `step(label, done, total, **stats)`; where it goes is decided by
+whoever runs them. It also carries the stage run's checkpoints (None outside
+run_stage), so a long loop can save its state and resume it after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from artifacts.checkpoints import Checkpoints
+
+BAR_ENV = "DISTILLERY_PROGRESS_BAR"  # "1" forces the bar on, "0" off; default: only on a terminal
+
+
+def bar_wanted(stream: IO[str]) -> bool:
+    setting = os.environ.get(BAR_ENV)
+    if setting in ("0", "1"):
+        return setting == "1"
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+    def __init__(
+        self,
+        log: Callable[[str], None] | None = None,
+        every_seconds: float = 10.0,
+        bar: bool | None = None,
+        stream: IO[str] | None = None,
+        on_fraction: Callable[[str, float], None] | None = None,
+        report_seconds: float = 2.0,
+    ):
+        self.log = log or logging.getLogger("distillery").info
+        self.every_seconds = every_seconds
+        self.stream = stream or sys.stderr
+        self.bar = bar_wanted(self.stream) if bar is None else bar
+        self.on_fraction = on_fraction
+        self.report_seconds = report_seconds
+        self.checkpoints: Checkpoints | None = None
+        self._last_log = 0.0
+        self._last_report = 0.0
+        self._started: dict[str, float] = {}
+        self._bars: dict[str, object] = {}
+
+    def info(self, message: str) -> None:
+        self.log(message)
+
+    def step(self, label: str, done: int, total: int, **stats: float) -> None:
+        now = time.monotonic()
+        started = self._started.setdefault(label, now)
+        finished = done >= total
+        if self.bar:
+            self._update_bar(label, done, total, stats)
+        if self.on_fraction and (finished or now - self._last_report >= self.report_seconds):
+            self._last_report = now
+            self.on_fraction(label, done / total)
+        if not finished and now - self._last_log < self.every_seconds:
+            return
+        self._last_log = now
+        elapsed = now - started
+        eta = elapsed / done * (total - done) if done else float("nan")
+        extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
+        self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
+                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s".replace("  ", " "))
+
+    def _update_bar(self, label: str, done: int, total: int, stats: dict[str, float]) -> None:
+        from tqdm import tqdm
+
+        bar = self._bars.get(label)
+        if bar is None:
+            bar = self._bars[label] = tqdm(total=total, desc=label, unit="step", file=self.stream,
+                                           initial=done - 1 if done else 0, dynamic_ncols=True, leave=True)
+        bar.update(done - bar.n)
+        if stats:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()}, refresh=False)
+        if done >= total:
+            bar.close()
+            del self._bars[label]

@@ -1,0 +1,240 @@
+"""What the cache and the orchestration cost: pipeline-level measurements, side by side.
+
+    python bench/pipeline.py --data ../shared/data/emotion            # smoke and full emotion
+    python bench/pipeline.py --data ../shared/data/emotion --smoke-only
+
+For each preset (smoke, then the full emotion workload), in one process:
+  (a) a cold flow run into an empty store, the all-cached rerun, and a rerun after
+      changing only the quantization settings (dynamic -> static INT8); plus the
+      whole laptop command (`python flows/emotion.py`, its own temporary Prefect
+      server included) for the cached rerun;
+  (b) the same seven stages as plain function calls (run_stage, no Prefect) into
+      another empty store, against the cold flow run; both must make the same artifacts;
+  (c) once, on the full data: teacher training throughput with length-grouped
+      dynamic padding, random-batch dynamic padding, and padding every batch to 128
+      tokens (the seed article's padding="max_length").
+Prints ratios and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TRANSFORMERS_VERBOSITY": "error", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+           "PREFECT_LOGGING_LEVEL": "WARNING", "DISTILLERY_PROGRESS_BAR": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+QUANTIZE_CHANGE = {"quantize": {"approach": "static"}}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory = next((int(line.split()[1]) // 1024 // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), None)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "commit": commit or "unknown",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def plain_run(config, store_root: str) -> tuple[float, dict]:
+    """The seven stages as plain function calls: no Prefect, no cache lookups."""
+    from artifacts.stage import Progress, run_stage
+    from artifacts.store import ArtifactStore
+    from flows.pipeline import STAGE_NAMES, run_dag
+
+    store = ArtifactStore(store_root)
+    quiet = Progress(lambda message: None, bar=False)
+    seconds, made = timed(run_dag, config, lambda stage, params, **inputs: run_stage(stage, params, inputs, store, quiet))
+    assert len(made) == len(STAGE_NAMES), "run_dag returns one artifact per stage, in DAG order"
+    return seconds, {stage: ref.digest for stage, ref in zip(STAGE_NAMES, made.values())}
+
+
+def flow_run(workload: str, data: str, smoke: bool, store_root: str, overrides=None) -> tuple[float, dict]:
+    from flows.pipeline import distillery
+
+    return timed(distillery, workload=workload, data=data, smoke=smoke, overrides=overrides, store=store_root)
+
+
+def cli_run(workload: str, data: str, smoke: bool, store_root: str, prefect_home: Path) -> float:
+    """The laptop command, as a user types it: new process, temporary Prefect server."""
+    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(prefect_home), "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, f"flows/{workload}.py", "--data", data, "--store", store_root] + (["--smoke"] if smoke else [])
+    seconds, proc = timed(subprocess.run, command, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def states(summary: dict) -> dict[str, str]:
+    return {name: s["state"] for name, s in summary["stages"].items()}
+
+
+def stage_seconds(summary: dict) -> float:
+    return sum(s["seconds"] for s in summary["stages"].values())
+
+
+def pipeline_figures(workload: str, data: str, smoke: bool, workdir: Path) -> dict:
+    from flows.pipeline import resolve
+
+    label = "smoke" if smoke else "full"
+    config, _ = resolve(workload, data, smoke, None, None)
+    if smoke:
+        print(f"[{label}] warm-up: plain calls, untimed, so first imports count against neither side ...", flush=True)
+        plain_run(config, str(workdir / "warm-up"))
+    print(f"[{label}] plain function calls, cold ...", flush=True)
+    plain_seconds, plain_digests = plain_run(config, str(workdir / f"{label}-plain"))
+    flow_store = str(workdir / f"{label}-flow")
+    print(f"[{label}] Prefect flow, cold ...", flush=True)
+    cold_seconds, cold = flow_run(workload, data, smoke, flow_store)
+    print(f"[{label}] Prefect flow, all cached ...", flush=True)
+    cached_seconds, cached = flow_run(workload, data, smoke, flow_store)
+    print(f"[{label}] Prefect flow, quantization changed ...", flush=True)
+    requant_seconds, requant = flow_run(workload, data, smoke, flow_store, QUANTIZE_CHANGE)
+    print(f"[{label}] laptop command, all cached (timed the second time: the first creates its Prefect database) ...", flush=True)
+    home = workdir / f"prefect-home-{label}"
+    cli_run(workload, data, smoke, flow_store, home)
+    command_seconds = cli_run(workload, data, smoke, flow_store, home)
+    # Every artifact but the evaluation (it holds measured latencies) must be bit-identical.
+    differ = [name for name, s in cold["stages"].items() if name != "evaluate" and s["artifact"] != plain_digests[name]]
+    return {
+        "cold_flow_seconds": round(cold_seconds, 2),
+        "cold_stage_seconds": round(stage_seconds(cold), 2),
+        "cached_flow_seconds": round(cached_seconds, 2),
+        "cached_states": states(cached),
+        "cached_command_seconds": round(command_seconds, 2),
+        "quantize_change": QUANTIZE_CHANGE,
+        "quantize_change_seconds": round(requant_seconds, 2),
+        "quantize_change_states": states(requant),
+        "plain_calls_seconds": round(plain_seconds, 2),
+        "artifacts_differing_plain_vs_flow": differ,
+        "ratios": {
+            "cached_over_cold": round(cached_seconds / cold_seconds, 4),
+            "cached_command_over_cold": round(command_seconds / cold_seconds, 4),
+            "quantize_change_over_cold": round(requant_seconds / cold_seconds, 4),
+            "orchestration_overhead": round((cold_seconds - plain_seconds) / plain_seconds, 4),
+        },
+    }
+
+
+def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
+    """Teacher fine-tuning speed (examples/s) under three padding schemes, same model and steps."""
+    from artifacts.stage import Progress, run_stage
+    from artifacts.store import ArtifactStore
+    from flows.pipeline import FETCH_DATASET, TOKENIZE, resolve
+    from tasks.models import load_classifier
+    from tasks.teacher import classification_loss
+    from tasks.tokenize import read_tokens
+    from tasks.training import train
+
+    config, _ = resolve("emotion", data, False, None, None)
+    store = ArtifactStore(str(workdir / "throughput"))
+    quiet = Progress(lambda message: None, bar=False)
+    tokens = run_stage(TOKENIZE, config.tokenize, {"dataset": run_stage(FETCH_DATASET, config.data, {}, store, quiet)}, store, quiet)
+    folder = store.open(tokens)
+    ids, labels = read_tokens(folder, "train")
+    names = json.loads((folder / "labels.json").read_text())["names"]
+    epochs = steps * config.teacher.batch_size / len(ids)
+    schemes = {
+        "dynamic, length-grouped": {"group_by_length": True, "pad_to": None},
+        "dynamic, random batches": {"group_by_length": False, "pad_to": None},
+        "max_length 128": {"group_by_length": False, "pad_to": 128},
+    }
+    figures = {}
+    for name, scheme in schemes.items():
+        params = config.teacher.model_copy(update={"epochs": epochs, "group_by_length": scheme["group_by_length"]})
+        model = load_classifier(config.teacher.model, names, seed=params.seed)
+        warm = params.model_copy(update={"epochs": 2 * params.batch_size / len(ids)})
+        train(model, ids, classification_loss(labels), warm, quiet, "warm-up", pad_to=scheme["pad_to"])
+        model = load_classifier(config.teacher.model, names, seed=params.seed)
+        print(f"[throughput] {name}: {steps} steps ...", flush=True)
+        history = train(model, ids, classification_loss(labels), params, quiet, name, pad_to=scheme["pad_to"])
+        figures[name] = {"examples_per_second": history["examples_per_second"], "padding_share": history["padding_share"],
+                         "steps": history["steps"]}
+    base = figures["max_length 128"]["examples_per_second"]
+    for f in figures.values():
+        f["speedup_over_max_length"] = round(f["examples_per_second"] / base, 2)
+    return figures
+
+
+def print_tables(results: dict) -> None:
+    m = results["machine"]
+    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch threads {m['torch_threads']}; "
+          f"commit {m['commit']}, {m['date']}")
+    print(f"Temporary Prefect server start (once, outside the runs): {results['server_start_seconds']:.1f} s\n")
+    print(f"{'preset':<7} {'cold flow':>10} {'plain calls':>12} {'overhead':>9} {'cached flow':>12} {'cached/cold':>12} "
+          f"{'laptop cmd':>11} {'quant change':>13} {'qc/cold':>8} {'artifacts differ':>15}")
+    for label, r in results["pipelines"].items():
+        q = r["ratios"]
+        print(f"{label:<7} {r['cold_flow_seconds']:>9.1f}s {r['plain_calls_seconds']:>11.1f}s "
+              f"{100 * q['orchestration_overhead']:>8.1f}% {r['cached_flow_seconds']:>11.2f}s {100 * q['cached_over_cold']:>11.2f}% "
+              f"{r['cached_command_seconds']:>10.1f}s {r['quantize_change_seconds']:>12.1f}s "
+              f"{100 * q['quantize_change_over_cold']:>7.1f}% {', '.join(r['artifacts_differing_plain_vs_flow']) or 'none':>15}")
+        recomputed = [s for s, state in r["quantize_change_states"].items() if state == "computed"]
+        print(f"        quantization change recomputed: {', '.join(recomputed)}")
+    if "padding_throughput" in results:
+        print(f"\n{'teacher training padding':<26} {'examples/s':>11} {'padding':>8} {'vs max_length':>14}")
+        for name, f in results["padding_throughput"].items():
+            print(f"{name:<26} {f['examples_per_second']:>11.1f} {100 * f['padding_share']:>7.1f}% {f['speedup_over_max_length']:>13.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"), help="emotion data folder")
+    parser.add_argument("--smoke-only", action="store_true", help="only the smoke preset (about 2 minutes)")
+    parser.add_argument("--throughput-steps", type=int, default=40, help="teacher training steps per padding scheme")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
+    parser.add_argument("--workdir", type=Path, help="where the benchmark's stores go (default: a temporary folder)")
+    args = parser.parse_args()
+    os.environ.update(OFFLINE)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="distillery-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
+    results: dict = {"machine": machine(), "pipelines": {}}
+
+    from prefect import flow
+
+    @flow(name="server-warm-up")
+    def warm_up() -> None:
+        return None
+
+    results["server_start_seconds"] = round(timed(warm_up)[0], 2)
+    presets = [("smoke", True)] + ([] if args.smoke_only else [("full", False)])
+    for label, smoke in presets:
+        results["pipelines"][label] = pipeline_figures("emotion", args.data, smoke, workdir)
+    if not args.smoke_only:
+        results["padding_throughput"] = padding_throughput(args.data, args.throughput_steps, workdir)
+    print_tables(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

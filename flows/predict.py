@@ -1,0 +1,176 @@
+"""Classify text with a run's INT8 model, straight from the artifact store.
+
+    python flows/predict.py "i feel wonderful today" "this is so unfair"
+    python flows/predict.py --model sst2/latest --file reviews.txt
+    echo "what a lovely surprise" | python flows/predict.py --model 3ee42f85f2fb
+
+--model is an alias every successful run updates (`<workload>/latest`), a full
+digest, or a unique digest prefix of a `quantize` artifact. The tokenizer is the
+one the model was trained with: its lineage leads to the `tokenize` artifact that
+holds it. Prints one JSON line per text: {"text", "label", "scores"}.
+
+Everything the user gave is checked before the model is loaded: a missing store,
+alias or file, a text that is empty, or an artifact that is not an INT8 model each
+stop the command with exit status 2 and a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import numpy as np
+
+from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
+from tasks.errors import DistilleryError
+
+EXIT_BAD_INPUT = 2
+MODEL_STAGE = "quantize"
+PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+@dataclass
+class Classifier:
+    session: object
+    tokenizer: object
+    labels: list[str]
+
+    def scores(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            encoded = self.tokenizer.encode_batch(texts[start : start + batch_size])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+            exp = np.exp(logits - logits.max(1, keepdims=True))
+            out.append(exp / exp.sum(1, keepdims=True))
+        return np.concatenate(out)
+
+
+def find_model(store: ArtifactStore, name: str) -> ArtifactRef:
+    """An alias, a digest or a unique digest prefix -> the INT8 model it names."""
+    if PREFIX.match(name):
+        matches = [d for d in store.digests() if d.startswith(name)]
+        if len(matches) > 1:
+            raise DistilleryError(f"digest prefix {name!r} matches {len(matches)} artifacts in {store.root}: give more characters")
+        if not matches:
+            raise DistilleryError(f"no artifact with digest {name!r} in {store.root}: "
+                                  f"list them with `python -m artifacts --store {store.root} list`")
+        manifest = store.manifest(matches[0])
+        ref = ArtifactRef(kind=manifest["kind"], digest=matches[0])
+    else:
+        try:
+            ref = store.resolve_alias(name)
+        except StoreError:
+            known = ", ".join(store.aliases()) or "none yet"
+            raise DistilleryError(f"no alias {name!r} in store {store.root} (aliases: {known}); run a workload "
+                                  f"first, e.g. `python flows/emotion.py`, or pass a model digest") from None
+        try:
+            manifest = store.manifest(ref)
+        except FileNotFoundError:
+            raise DistilleryError(f"alias {name!r} points at artifact {ref.short}, which is no longer in "
+                                  f"{store.root}: rerun the workload to rebuild it") from None
+    if manifest.get("stage") != MODEL_STAGE:
+        raise DistilleryError(
+            f"{name!r} is a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, not an INT8 model: "
+            f"pass the alias <workload>/latest or the digest of a {MODEL_STAGE!r} artifact")
+    return ref
+
+
+def load_classifier(store: ArtifactStore, ref: ArtifactRef) -> Classifier:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tokens_digest = store.manifest(ref)["upstream"]["tokens"]
+    tokens_manifest = store.manifest(tokens_digest)
+    tokens = store.open(ArtifactRef(kind=tokens_manifest["kind"], digest=tokens_digest))
+    tokenizer = Tokenizer.from_file(str(tokens / "tokenizer" / "tokenizer.json"))
+    # Exactly the ids the model was trained on: same truncation, padding per batch.
+    tokenizer.enable_truncation(tokens_manifest["params"]["max_length"])
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(store.open(ref) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    labels = json.loads((tokens / "labels.json").read_text())["names"]
+    return Classifier(session, tokenizer, labels)
+
+
+def read_texts(args_texts: list[str], file: str | None, stdin: TextIO) -> list[tuple[str, str]]:
+    """(where, text) pairs from arguments, a file (one text per line) or stdin; all checked."""
+    if args_texts and file:
+        raise DistilleryError("give texts as arguments or with --file, not both")
+    if args_texts:
+        items = [(f"argument {i}", t) for i, t in enumerate(args_texts, 1)]
+    elif file and file != "-":
+        path = Path(file)
+        if not path.is_file():
+            raise DistilleryError(f"--file {file}: no such file" + (" (it is a folder)" if path.is_dir() else "")
+                                  + "; pass a UTF-8 text file with one text per line, or - for stdin")
+        try:
+            content = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DistilleryError(f"--file {file}: not UTF-8 text (byte {exc.start}); pass a text file with one "
+                                  f"text per line") from None
+        items = _lines(content.splitlines(), f"{file} line")
+    else:
+        if stdin.isatty() and file != "-":
+            raise DistilleryError("no text to classify: pass texts as arguments, --file FILE, or pipe lines to stdin")
+        items = _lines(stdin.read().splitlines(), "stdin line")
+    if not items:
+        raise DistilleryError("no text to classify: the input holds no lines")
+    empty = [where for where, text in items if not text.strip()]
+    if empty:
+        raise DistilleryError(f"empty text at {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}: "
+                              f"every text must hold at least one non-blank character")
+    return items
+
+
+def _lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:
+    lines = list(lines)
+    while lines and not lines[-1].strip():  # a trailing newline is not an empty text
+        lines.pop()
+    return [(f"{where} {i}", line) for i, line in enumerate(lines, 1)]
+
+
+def predict(store: ArtifactStore, model: str, texts: list[str]) -> list[dict]:
+    classifier = load_classifier(store, find_model(store, model))
+    scores = classifier.scores(texts)
+    return [
+        {"text": text, "label": classifier.labels[int(row.argmax())],
+         "scores": {name: round(float(p), 6) for name, p in zip(classifier.labels, row)}}
+        for text, row in zip(texts, scores)
+    ]
+
+
+def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(prog="python flows/predict.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
+    parser.add_argument("--model", default="emotion/latest", help="alias, digest or digest prefix of an INT8 model")
+    parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
+                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    args = parser.parse_args(argv)
+    try:
+        items = read_texts(args.texts, args.file, stdin)
+        store = ArtifactStore(args.store)
+        if store.is_local and not Path(store.path, "objects").is_dir():
+            raise DistilleryError(f"no artifact store at {store.root}: run a workload first "
+                                  f"(python flows/emotion.py) or pass --store / DISTILLERY_STORE")
+        results = predict(store, args.model, [text for _, text in items])
+    except (DistilleryError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for result in results:
+        stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
