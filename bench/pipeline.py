@@ -10,6 +10,9 @@ For each preset (smoke, then the full emotion workload), in one process:
       server included) for the cached rerun;
   (b) the same seven stages as plain function calls (run_stage, no Prefect) into
       another empty store, against the cold flow run; both must make the same artifacts;
+  (b') on the full data with a tenth of an epoch per training stage, plain calls and
+      the flow alternated (plain, flow, flow, plain, ...), each into an empty store, so
+      drift in the machine's speed lands on both sides (--overhead-pairs);
   (c) once, on the full data: teacher training throughput with length-grouped
       dynamic padding, random-batch dynamic padding, and padding every batch to 128
       tokens (the seed article's padding="max_length").
@@ -140,6 +143,24 @@ def pipeline_figures(workload: str, data: str, smoke: bool, workdir: Path) -> di
     }
 
 
+def alternated_overhead(data: str, pairs: int, workdir: Path) -> dict:
+    """Plain calls vs the flow, alternated, on the full data with short training."""
+    from flows.pipeline import resolve
+
+    short = {"teacher": {"epochs": 0.1}, "student": {"epochs": 0.1}}
+    config, _ = resolve("emotion", data, False, short, None)
+    runs: dict[str, list[float]] = {"plain": [], "flow": []}
+    for pair in range(pairs):
+        for side in (("plain", "flow") if pair % 2 == 0 else ("flow", "plain")):
+            store = str(workdir / f"alternated-{pair}-{side}")
+            print(f"[alternated] pair {pair + 1}/{pairs}: {side} ...", flush=True)
+            seconds = plain_run(config, store)[0] if side == "plain" else flow_run("emotion", data, False, store, short)[0]
+            runs[side].append(round(seconds, 2))
+    overheads = [round((f - p) / p, 4) for p, f in zip(runs["plain"], runs["flow"])]
+    return {"overrides": short, "plain_seconds": runs["plain"], "flow_seconds": runs["flow"],
+            "overhead_per_pair": overheads, "overhead_median": float(sorted(overheads)[len(overheads) // 2])}
+
+
 def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     """Teacher fine-tuning speed (examples/s) under three padding schemes, same model and steps."""
     from artifacts.stage import Progress, run_stage
@@ -195,6 +216,10 @@ def print_tables(results: dict) -> None:
               f"{100 * q['quantize_change_over_cold']:>7.1f}% {', '.join(r['artifacts_differing_plain_vs_flow']) or 'none':>15}")
         recomputed = [s for s, state in r["quantize_change_states"].items() if state == "computed"]
         print(f"        quantization change recomputed: {', '.join(recomputed)}")
+    if "alternated_overhead" in results:
+        a = results["alternated_overhead"]
+        print(f"\nalternated, {a['overrides']}: plain {a['plain_seconds']} s, flow {a['flow_seconds']} s, "
+              f"overhead per pair {[f'{100 * o:.1f}%' for o in a['overhead_per_pair']]}")
     if "padding_throughput" in results:
         print(f"\n{'teacher training padding':<26} {'examples/s':>11} {'padding':>8} {'vs max_length':>14}")
         for name, f in results["padding_throughput"].items():
@@ -205,6 +230,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"), help="emotion data folder")
     parser.add_argument("--smoke-only", action="store_true", help="only the smoke preset (about 2 minutes)")
+    parser.add_argument("--overhead-pairs", type=int, default=2, help="alternated plain/flow pairs on the full data (0: skip)")
+    parser.add_argument("--only", choices=["alternated"], help="run only this measurement")
     parser.add_argument("--throughput-steps", type=int, default=40, help="teacher training steps per padding scheme")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     parser.add_argument("--workdir", type=Path, help="where the benchmark's stores go (default: a temporary folder)")
@@ -223,9 +250,11 @@ def main() -> int:
 
     results["server_start_seconds"] = round(timed(warm_up)[0], 2)
     presets = [("smoke", True)] + ([] if args.smoke_only else [("full", False)])
-    for label, smoke in presets:
+    for label, smoke in presets if not args.only else []:
         results["pipelines"][label] = pipeline_figures("emotion", args.data, smoke, workdir)
-    if not args.smoke_only:
+    if not args.smoke_only and args.overhead_pairs:
+        results["alternated_overhead"] = alternated_overhead(args.data, args.overhead_pairs, workdir)
+    if not args.smoke_only and not args.only:
         results["padding_throughput"] = padding_throughput(args.data, args.throughput_steps, workdir)
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,17 +71,24 @@ def artifact_key(*words: str) -> str:
 
 def task_progress(stage: Stage) -> Progress:
     """Log lines, a terminal bar, and a Prefect progress artifact made on the first step."""
-    artifact_id = None
+    logger = get_run_logger()
+    artifact_id, failed = None, False
 
     def on_fraction(label: str, fraction: float) -> None:
-        nonlocal artifact_id
+        # Best effort: a server that is briefly away (restarting, say) must not fail the training.
+        nonlocal artifact_id, failed
         percent = round(100 * fraction, 1)
-        if artifact_id is None:
-            artifact_id = create_progress_artifact(percent, key=artifact_key(stage.name, "progress"), description=label)
-        else:
-            update_progress_artifact(artifact_id, percent)
+        try:
+            if artifact_id is None:
+                artifact_id = create_progress_artifact(percent, key=artifact_key(stage.name, "progress"), description=label)
+            else:
+                update_progress_artifact(artifact_id, percent)
+        except Exception as exc:
+            if not failed:
+                logger.warning(f"{stage.name}: progress artifact not updated ({type(exc).__name__}: {exc}); training goes on")
+            failed = True
 
-    return Progress(get_run_logger().info, on_fraction=on_fraction)
+    return Progress(logger.info, on_fraction=on_fraction, report_seconds=10.0)
 
 
 def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):

@@ -5,7 +5,10 @@ The student is built DistilBERT-style: same width, a subset of the teacher's lay
 the fine-tuned teacher. It is then trained to match the teacher's logits. The
 default loss is the mean squared error between student and teacher logits (the
 loss of Intel's BERT-Mini SST-2 recipe); "kl" is the usual Hinton-style loss on
-temperature-softened distributions. Either can be mixed with hard-label cross-entropy.
+temperature-softened distributions. Either can be mixed with hard-label cross-entropy,
+and with intermediate-layer matching (`hidden_weight`): the MSE between each student
+layer's hidden states and those of the teacher layer it was copied from, over real
+tokens only, in the spirit of TinyBERT and MiniLM's layer-wise distillation.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class StudentParams(TrainParams):
     loss: Literal["mse", "kl"] = Field("mse", description="distillation loss on logits: mse (Intel's BERT-Mini recipe) or kl with temperature")
     temperature: float = Field(2.0, gt=0, le=20, description="softening temperature for the kl loss")
     hard_label_weight: float = Field(0.0, ge=0, le=1, description="weight of cross-entropy on the true labels, mixed into the loss")
+    hidden_weight: float = Field(0.0, ge=0, le=100, description="weight of intermediate-layer matching (hidden-state MSE against the teacher layer each student layer came from), added to the loss; 0: off")
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate")
 
     @field_validator("layers")
@@ -80,6 +84,18 @@ def distillation_loss(params: StudentParams, student_logits, teacher_logits, lab
     return (1 - params.hard_label_weight) * soft + params.hard_label_weight * hard
 
 
+def hidden_state_loss(student_hidden, teacher_hidden, layers: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Mean over student layers of the masked MSE to the teacher layer it was copied from.
+
+    hidden_states[0] is the embedding output, so student layer i is index i + 1 and
+    teacher layer layers[i] is index layers[i] + 1.
+    """
+    weight = mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    count = weight.sum() * student_hidden[0].shape[-1]
+    losses = [(((student_hidden[i + 1] - teacher_hidden[t + 1]) ** 2) * weight).sum() / count for i, t in enumerate(layers)]
+    return torch.stack(losses).mean()
+
+
 def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
     tokens = inputs["tokens"]
     teacher = load_trained(inputs["teacher"] / "model")
@@ -89,11 +105,17 @@ def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, 
     teacher_logits = torch.from_numpy(predict_logits(teacher, train_ids))
     labels = torch.from_numpy(train_labels)
     student = shrink(teacher, layers)
-    del teacher
+    if params.hidden_weight == 0:
+        del teacher  # only its logits are needed, and they are computed
 
     def loss(model, batch, input_ids, mask):
-        logits = model(input_ids=input_ids, attention_mask=mask).logits
-        return distillation_loss(params, logits, teacher_logits[batch], labels[batch])
+        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=params.hidden_weight > 0)
+        total = distillation_loss(params, out.logits, teacher_logits[batch], labels[batch])
+        if params.hidden_weight > 0:
+            with torch.no_grad():
+                target = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            total = total + params.hidden_weight * hidden_state_loss(out.hidden_states, target, layers, mask)
+        return total
 
     history = train(student, train_ids, loss, params, progress, "distil_student", read_tokens(tokens, "validation"))
     student.save_pretrained(out / "model", safe_serialization=True)

@@ -8,9 +8,8 @@ service sees single requests, after a warm-up; all models run on the same thread
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -20,13 +19,11 @@ from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_trained
+from tasks.timing import Predict, batch1_latency_ms
 from tasks.tokenize import read_tokens
 
 METRIC_MODULE = Path(__file__).parent / "metrics" / "classification_report"
 MODELS = ("teacher", "student", "student_int8")
-
-Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (ids, mask) -> logits
-
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,18 +55,6 @@ def predictions(predict: Predict, sequences: list[np.ndarray]) -> np.ndarray:
         ids, mask = (t.numpy() for t in pad(sequences, batch))
         out[batch] = predict(ids, mask).argmax(1)
     return out
-
-
-def batch1_latency_ms(predict: Predict, sentences: list[np.ndarray], warmup: int) -> dict:
-    inputs = [(s[None, :], np.ones((1, len(s)), dtype=np.int64)) for s in sentences]
-    for ids, mask in inputs[:warmup]:
-        predict(ids, mask)
-    timings = []
-    for ids, mask in inputs:
-        started = time.perf_counter()
-        predict(ids, mask)
-        timings.append((time.perf_counter() - started) * 1000)
-    return {"latency_p50_ms": round(float(np.percentile(timings, 50)), 3), "latency_p95_ms": round(float(np.percentile(timings, 95)), 3)}
 
 
 def build_report(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:

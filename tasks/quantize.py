@@ -4,7 +4,14 @@ Neural Compressor (INC 3.7.1, the last release with the ONNX Runtime backend).
 - dynamic: weights INT8 ahead of time, activations quantized on the fly; no data needed.
 - static: activations too, with ranges calibrated on training sentences at their
   real lengths; QOperator (fused INT8 kernels) or QDQ (quantize/dequantize pairs).
+- accuracy-aware (`accuracy_tolerance`): INC measures each candidate on the
+  validation split and falls operators back to FP32 until the INT8 model loses at
+  most that share of the FP32 accuracy, or gives up after `max_trials`.
 INC's `fit` logs and swallows its own errors and returns None; here None is a failure.
+
+Beside INC's model the stage reports onnxruntime's own `quantize_dynamic` on the same
+FP32 graph (validation accuracy, size, batch-1 latency measured the same way): the
+baseline INC has to beat.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
 from tasks.export import onnx_logits, onnx_session
+from tasks.timing import batch1_latency_ms
 from tasks.tokenize import read_tokens
 
 
@@ -33,6 +41,10 @@ class QuantizeParams(BaseModel):
     calibration_samples: int = Field(256, ge=1, description="static only: training sentences used to calibrate activation ranges")
     calibration_batch_size: int = Field(16, ge=1, description="static only: sentences per calibration batch")
     seed: int = Field(42, description="seed for picking calibration sentences")
+    accuracy_tolerance: float | None = Field(None, ge=0, lt=1, description="accuracy-aware tuning: largest relative loss of validation accuracy allowed, e.g. 0.01 (ops fall back to FP32 until met); none: no tuning")
+    max_trials: int = Field(20, ge=1, le=1000, description="accuracy-aware tuning: most quantization candidates INC may try")
+    baseline: bool = Field(True, description="also quantize with onnxruntime's quantize_dynamic and report it beside INC")
+    latency_sentences: int = Field(100, ge=1, description="validation sentences timed at batch 1 for INC and the baseline")
 
     @model_validator(mode="after")
     def _format_needs_static(self) -> "QuantizeParams":
@@ -65,12 +77,34 @@ def _inc():
     return neural_compressor, options
 
 
-def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np.ndarray], out_path: Path) -> None:
+def onnx_predictions(session, sequences: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(sequences), dtype=np.int64)
+    for batch in inference_batches([len(s) for s in sequences], 64):
+        ids, mask = (t.numpy() for t in pad(sequences, batch))
+        out[batch] = onnx_logits(session, ids, mask).argmax(1)
+    return out
+
+
+def validation_accuracy(sequences: list[np.ndarray], labels: np.ndarray):
+    """INC's eval_func: it hands over each candidate as an ONNX ModelProto."""
+    import onnxruntime as ort
+
+    def evaluate(model) -> float:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return float((onnx_predictions(session, sequences) == labels).mean())
+
+    return evaluate
+
+
+def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np.ndarray], out_path: Path,
+                  validation: tuple[list[np.ndarray], np.ndarray] | None = None) -> None:
     import onnx
 
     _, options = _inc()
     from neural_compressor import PostTrainingQuantConfig, quantization
+    from neural_compressor.config import AccuracyCriterion, TuningCriterion
 
+    tuning = params.accuracy_tolerance is not None
     config = PostTrainingQuantConfig(
         approach=params.approach,
         quant_format=params.quant_format or "QOperator",
@@ -78,47 +112,72 @@ def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np
         backend="default",
         domain="nlp",
         calibration_sampling_size=[params.calibration_samples],
+        accuracy_criterion=AccuracyCriterion(criterion="relative", tolerable_loss=params.accuracy_tolerance or 0.01),
+        tuning_criterion=TuningCriterion(max_trials=params.max_trials),
     )
     loader = CalibrationBatches(calibration, params.calibration_batch_size) if params.approach == "static" else None
+    eval_func = validation_accuracy(*validation) if tuning and validation else None
+    if tuning and eval_func is None:
+        raise ValueError("accuracy-aware tuning needs the validation split")
     with tempfile.TemporaryDirectory(prefix="inc-") as workspace:
         options.workspace = workspace  # else INC writes ./nc_workspace/ wherever we run
         # Passing the ModelProto, not a path, stops INC from rewriting a config.json beside it.
-        quantized = quantization.fit(model=onnx.load(str(model_path)), conf=config, calib_dataloader=loader)
+        quantized = quantization.fit(model=onnx.load(str(model_path)), conf=config, calib_dataloader=loader,
+                                     eval_func=eval_func)
     if quantized is None:
-        raise RuntimeError(
-            f"Intel Neural Compressor produced no {params.approach} INT8 model (fit returned None: "
-            f"see its 'Unexpected exception' log above)"
-        )
+        reason = (f"no candidate within {params.accuracy_tolerance:.1%} relative accuracy loss in "
+                  f"{params.max_trials} trials: raise --quantize-accuracy-tolerance or --quantize-max-trials"
+                  if tuning else "see its 'Unexpected exception' log above")
+        raise RuntimeError(f"Intel Neural Compressor produced no {params.approach} INT8 model (fit returned None: {reason})")
     quantized.save(str(out_path))
 
 
-def accuracy_and_agreement(reference, candidate, sequences: list[np.ndarray], labels: np.ndarray) -> tuple[float, float, float]:
-    ref_pred, cand_pred = np.empty(len(sequences), int), np.empty(len(sequences), int)
-    for batch in inference_batches([len(s) for s in sequences], 64):
-        ids, mask = (t.numpy() for t in pad(sequences, batch))
-        ref_pred[batch] = onnx_logits(reference, ids, mask).argmax(1)
-        cand_pred[batch] = onnx_logits(candidate, ids, mask).argmax(1)
-    return float((ref_pred == labels).mean()), float((cand_pred == labels).mean()), float((ref_pred == cand_pred).mean())
+def ort_dynamic_baseline(model_path: Path, out_path: Path) -> None:
+    """onnxruntime's own dynamic INT8 quantization, default settings."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8)
+
+
+def measure(session, sequences: list[np.ndarray], labels: np.ndarray, timed: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    predicted = onnx_predictions(session, sequences)
+    latency = batch1_latency_ms(lambda ids, mask: onnx_logits(session, ids, mask), timed, warmup=5)
+    return predicted, {"validation_accuracy": round(float((predicted == labels).mean()), 5), **latency}
 
 
 def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
     model_path = inputs["onnx"] / "model.onnx"
     train_ids, _ = read_tokens(inputs["tokens"], "train")
+    val_ids, val_labels = read_tokens(inputs["tokens"], "validation")
     rng = np.random.default_rng(params.seed)
     pick = rng.choice(len(train_ids), size=min(params.calibration_samples, len(train_ids)), replace=False)
+    timed = [val_ids[i] for i in rng.choice(len(val_ids), size=min(params.latency_sentences, len(val_ids)), replace=False)]
     out_path = out / "model.onnx"
-    quantize_onnx(params, model_path, [train_ids[i] for i in pick], out_path)
+    quantize_onnx(params, model_path, [train_ids[i] for i in pick], out_path, (val_ids, val_labels))
     (out / "config.json").write_bytes((inputs["onnx"] / "config.json").read_bytes())
-    val_ids, val_labels = read_tokens(inputs["tokens"], "validation")
-    fp32_acc, int8_acc, agreement = accuracy_and_agreement(onnx_session(model_path), onnx_session(out_path), val_ids, val_labels)
-    progress.info(f"quantize: {params.approach} INT8 validation accuracy {int8_acc:.4f} (FP32 {fp32_acc:.4f}), "
-                  f"{out_path.stat().st_size / 1e6:.1f} MB")
-    return {
+    fp32_pred, fp32 = measure(onnx_session(model_path), val_ids, val_labels, timed)
+    int8_pred, int8 = measure(onnx_session(out_path), val_ids, val_labels, timed)
+    metrics = {
         "size_bytes": out_path.stat().st_size,
-        "validation_accuracy_fp32": round(fp32_acc, 5),
-        "validation_accuracy_int8": round(int8_acc, 5),
-        "validation_agreement": round(agreement, 5),
+        "validation_accuracy_fp32": fp32["validation_accuracy"],
+        "validation_accuracy_int8": int8["validation_accuracy"],
+        "validation_agreement": round(float((fp32_pred == int8_pred).mean()), 5),
+        "fp32": fp32,
+        "int8": int8,
     }
+    progress.info(f"quantize: {params.approach} INT8 validation accuracy {int8['validation_accuracy']:.4f} "
+                  f"(FP32 {fp32['validation_accuracy']:.4f}), {out_path.stat().st_size / 1e6:.1f} MB, "
+                  f"p50 {int8['latency_p50_ms']:.2f} ms (FP32 {fp32['latency_p50_ms']:.2f} ms)")
+    if params.baseline:
+        with tempfile.TemporaryDirectory(prefix="ort-quant-") as scratch:
+            baseline_path = Path(scratch) / "model.onnx"
+            ort_dynamic_baseline(model_path, baseline_path)
+            _, baseline = measure(onnx_session(baseline_path), val_ids, val_labels, timed)
+            baseline["size_bytes"] = baseline_path.stat().st_size
+        metrics["ort_quantize_dynamic"] = baseline
+        progress.info(f"quantize: baseline onnxruntime quantize_dynamic validation accuracy "
+                      f"{baseline['validation_accuracy']:.4f}, p50 {baseline['latency_p50_ms']:.2f} ms")
+    return metrics
 
 
 STAGE = Stage(

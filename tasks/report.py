@@ -104,8 +104,8 @@ def markdown_report(params: ReportParams, evaluation: dict, images: bool = True)
             lines += ["", "![confusion matrix](confusion_matrix.png)"]
     total = sum(s.seconds for s in params.stages.values())
     lines += ["", "## Stages", "",
-              f"{len(computed)} of {len(params.stages)} stages computed, the rest served from the cache; "
-              f"{total:.1f} s in stages.", "",
+              f"{len(computed)} of {len(params.stages)} stages computed, {len(params.stages) - len(computed)} "
+              f"served from the cache; {total:.1f} s in stages.", "",
               "| stage | state | seconds | artifact |", "|---|---|---:|---|"]
     for name, s in params.stages.items():
         lines.append(f"| {name} | {s.state} | {s.seconds:.1f} | `{s.artifact[:12]}` |")

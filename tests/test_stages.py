@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from artifacts.stage import run_stage
+from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactStore
 from conftest import EMOTION_LABELS, write_emotion_slice
 from tasks import data, distil, evaluate, export, quantize, teacher, tokenize
@@ -106,6 +106,37 @@ def test_distillation_losses(loss, weight):
     assert distil.distillation_loss(p, torch.zeros(1, 3), teacher_logits, labels) > 0
 
 
+def test_hidden_state_loss_compares_copied_layers_over_real_tokens_only():
+    torch.manual_seed(0)
+    teacher_hidden = [torch.randn(2, 5, 8) for _ in range(5)]  # embeddings + 4 layers
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student_hidden = [teacher_hidden[0], teacher_hidden[1], teacher_hidden[3]]  # layers [0, 2]
+    assert distil.hidden_state_loss(student_hidden, teacher_hidden, [0, 2], mask).item() == 0
+    padded_changed = [h.clone() for h in student_hidden]
+    padded_changed[2][0, 3:] += 10  # only padding positions differ
+    assert distil.hidden_state_loss(padded_changed, teacher_hidden, [0, 2], mask).item() == 0
+    assert distil.hidden_state_loss(student_hidden, teacher_hidden, [1, 2], mask).item() > 0.5
+
+
+def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(pipeline):
+    store, refs = pipeline
+    ids, _ = read_tokens(store.open(refs["tokens"]), "validation")
+    input_ids, mask = pad(ids, list(range(len(ids))))
+    teacher_model = load_trained(store.open(refs["teacher"]) / "model")
+
+    def hidden_gap(student_ref) -> float:
+        student = load_trained(store.open(student_ref) / "model")
+        with torch.no_grad():
+            s = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            t = teacher_model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        return distil.hidden_state_loss(s, t, [0], mask).item()
+
+    matched = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16, hidden_weight=5.0),
+                        {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    assert store.manifest(matched)["params"]["hidden_weight"] == 5.0
+    assert hidden_gap(matched) < 0.5 * hidden_gap(refs["student"])
+
+
 def test_student_deeper_than_teacher_is_refused():
     with pytest.raises(DistilleryError, match="do not fit a 2-layer teacher"):
         distil.student_layers(distil.StudentParams(layers=[0, 2]), 2)
@@ -156,6 +187,49 @@ def test_inc_returning_none_is_a_clear_failure(pipeline, monkeypatch):
         run_stage(quantize.STAGE, quantize.QuantizeParams(approach="static", calibration_samples=16),
                   {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
     assert store.digests() == before
+
+
+def test_ort_baseline_is_measured_beside_inc_on_the_same_sentences(pipeline):
+    store, refs = pipeline
+    ref = run_stage(quantize.STAGE, quantize.QuantizeParams(latency_sentences=20), {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    metrics = store.manifest(ref)["metrics"]
+    baseline, fp32 = metrics["ort_quantize_dynamic"], metrics["fp32"]
+    assert 0 <= baseline["validation_accuracy"] <= 1 and baseline["latency_p50_ms"] > 0
+    assert baseline["size_bytes"] < 0.6 * store.manifest(refs["onnx"])["metrics"]["size_bytes"]
+    assert metrics["int8"]["latency_p95_ms"] >= metrics["int8"]["latency_p50_ms"] > 0 and fp32["latency_p50_ms"] > 0
+    assert sorted(p.name for p in store.open(ref).iterdir()) == ["config.json", "manifest.json", "model.onnx"]  # the baseline is not kept
+    # Without the baseline the same INT8 model is made (same digest), and no baseline is built.
+    lines = []
+    without = run_stage(quantize.STAGE, quantize.QuantizeParams(baseline=False, latency_sentences=20),
+                        {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store, Progress(lines.append, bar=False))
+    assert without.digest == ref.digest
+    assert any("INT8 validation accuracy" in line for line in lines) and not any("baseline" in line for line in lines)
+
+
+def test_accuracy_aware_tuning_keeps_validation_accuracy_within_tolerance(pipeline):
+    store, refs = pipeline
+    ref = run_stage(quantize.STAGE, quantize.QuantizeParams(accuracy_tolerance=0.02, max_trials=5, baseline=False, latency_sentences=10),
+                    {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    metrics = store.manifest(ref)["metrics"]
+    assert metrics["validation_accuracy_int8"] >= (1 - 0.02) * metrics["validation_accuracy_fp32"] - 1e-9
+
+
+def test_accuracy_aware_tuning_that_cannot_meet_its_target_fails_clearly(pipeline, monkeypatch):
+    store, refs = pipeline
+    calls = []
+
+    def strict(sequences, labels):
+        def evaluate(model) -> float:  # the first call scores FP32; every INT8 candidate scores far lower
+            calls.append(1)
+            return 1.0 if len(calls) == 1 else 0.5
+        return evaluate
+
+    monkeypatch.setattr(quantize, "validation_accuracy", strict)
+    before = store.digests()
+    with pytest.raises(RuntimeError, match=r"fit returned None: no candidate within 1\.0% .* --quantize-max-trials"):
+        run_stage(quantize.STAGE, quantize.QuantizeParams(accuracy_tolerance=0.01, max_trials=3, baseline=False),
+                  {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
+    assert len(calls) >= 2 and store.digests() == before
 
 
 def test_metric_module_against_hand_computed_values():

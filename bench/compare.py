@@ -1,0 +1,196 @@
+"""Every model variant of a run, side by side, in one process on the same test sentences.
+
+    python bench/compare.py --store .distillery --workload emotion
+    python bench/compare.py --quick        # a test slice; under 2 minutes on cached artifacts
+
+Starts from the workload's `<workload>/latest` INT8 student and follows its lineage
+to the FP32 student, the teacher and the tokens. The teacher's ONNX export and INT8
+model are made with the same stages and parameters as the student's (reused when
+the store already holds them, and kept under `<workload>/compare/...` aliases);
+onnxruntime's `quantize_dynamic` of the student is the baseline INC must beat.
+
+For each variant: accuracy and macro-F1 on the test split, batch-1 latency p50/p95
+over test sentences at their real lengths, throughput at batch 32 (test order,
+padded per batch), file size, and each one's ratio to the teacher in FP32 PyTorch.
+Writes JSON and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
+from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
+from tasks import export, quantize  # noqa: E402
+from tasks.batching import pad  # noqa: E402
+from tasks.timing import Predict, batch1_latency_ms  # noqa: E402
+from tasks.tokenize import read_tokens  # noqa: E402
+
+BASELINE = "teacher FP32 PyTorch"
+NOT_BUILT = {"student QAT INT8": "no QAT stage yet (issue: compression beyond the seed articles)"}
+
+
+def ref_of(store: ArtifactStore, digest: str) -> ArtifactRef:
+    return ArtifactRef(kind=store.manifest(digest)["kind"], digest=digest)
+
+
+def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str) -> ArtifactRef:
+    """The artifact this stage made from these inputs before, or a new one; kept by an alias."""
+    key = stage.key(params, inputs)
+    for digest in store.digests():
+        if store.manifest(digest).get("key") == key and store.verify(digest).ok:
+            ref = ref_of(store, digest)
+            break
+    else:
+        print(f"  building {alias} ...", flush=True)
+        ref = run_stage(stage, params, inputs, store, Progress(lambda message: None, bar=False))
+    store.set_alias(alias, ref)
+    return ref
+
+
+def lineage(store: ArtifactStore, workload: str) -> dict[str, ArtifactRef]:
+    int8 = store.resolve_alias(f"{workload}/latest")
+    quantized = store.manifest(int8)
+    onnx = ref_of(store, quantized["upstream"]["onnx"])
+    student = ref_of(store, store.manifest(onnx)["upstream"]["model"])
+    teacher = ref_of(store, store.manifest(student)["upstream"]["teacher"])
+    tokens = ref_of(store, quantized["upstream"]["tokens"])
+    export_params = export.ExportParams.model_validate(store.manifest(onnx)["params"])
+    quantize_params = quantize.QuantizeParams.model_validate(quantized["params"])
+    teacher_onnx = cached_or_run(store, export.STAGE, export_params, {"model": teacher, "tokens": tokens}, f"{workload}/compare/teacher-onnx")
+    teacher_int8 = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": teacher_onnx, "tokens": tokens},
+                                 f"{workload}/compare/teacher-int8")
+    return {"tokens": tokens, "teacher": teacher, "teacher_onnx": teacher_onnx, "teacher_int8": teacher_int8,
+            "student": student, "student_onnx": onnx, "student_int8": int8}
+
+
+def torch_model(folder: Path) -> tuple[Predict, int]:
+    import torch
+
+    from tasks.models import load_trained
+
+    model = load_trained(folder / "model")
+
+    def predict(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+
+    return predict, (folder / "model" / "model.safetensors").stat().st_size
+
+
+def onnx_model(path: Path, threads: int) -> tuple[Predict, int]:
+    session = export.onnx_session(path, threads)
+    return (lambda ids, mask: export.onnx_logits(session, ids, mask)), path.stat().st_size
+
+
+def quality(predict: Predict, sequences: list[np.ndarray], labels: np.ndarray, classes: int) -> dict:
+    predicted = np.concatenate([predict(*(t.numpy() for t in pad(sequences, range(i, min(i + 64, len(sequences))))))
+                                .argmax(1) for i in range(0, len(sequences), 64)])
+    f1 = []
+    for c in range(classes):
+        tp = int(((predicted == c) & (labels == c)).sum())
+        fp, fn = int(((predicted == c) & (labels != c)).sum()), int(((predicted != c) & (labels == c)).sum())
+        f1.append(2 * tp / max(1, 2 * tp + fp + fn))
+    return {"accuracy": round(float((predicted == labels).mean()), 5), "macro_f1": round(float(np.mean(f1)), 5)}
+
+
+def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 32) -> float:
+    batches = [pad(sequences, range(i, min(i + batch_size, len(sequences)))) for i in range(0, len(sequences), batch_size)]
+    predict(*(t.numpy() for t in batches[0]))  # warm-up
+    started = time.perf_counter()
+    for ids, mask in batches:
+        predict(ids.numpy(), mask.numpy())
+    return round(len(sequences) / (time.perf_counter() - started), 1)
+
+
+def compare(store: ArtifactStore, workload: str, quick: bool, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    refs = lineage(store, workload)
+    folder = {name: store.open(ref) for name, ref in refs.items()}
+    test_ids, test_labels = read_tokens(folder["tokens"], "test")
+    names = json.loads((folder["tokens"] / "labels.json").read_text())["names"]
+    rng = np.random.default_rng(0)
+    if quick:
+        pick = np.sort(rng.choice(len(test_ids), size=min(500, len(test_ids)), replace=False))
+        test_ids, test_labels = [test_ids[i] for i in pick], test_labels[pick]
+    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if quick else 300, len(test_ids)), replace=False)]
+    stream = test_ids[: 320 if quick else len(test_ids)]
+    with tempfile.TemporaryDirectory(prefix="ort-baseline-") as scratch:
+        baseline_path = Path(scratch) / "model.onnx"
+        quantize.ort_dynamic_baseline(folder["student_onnx"] / "model.onnx", baseline_path)
+        variants = {
+            BASELINE: lambda: torch_model(folder["teacher"]),
+            "teacher FP32 ONNX": lambda: onnx_model(folder["teacher_onnx"] / "model.onnx", threads),
+            "teacher INT8 (INC)": lambda: onnx_model(folder["teacher_int8"] / "model.onnx", threads),
+            "student FP32 PyTorch": lambda: torch_model(folder["student"]),
+            "student FP32 ONNX": lambda: onnx_model(folder["student_onnx"] / "model.onnx", threads),
+            "student INT8 (INC)": lambda: onnx_model(folder["student_int8"] / "model.onnx", threads),
+            "student INT8 (onnxruntime quantize_dynamic)": lambda: onnx_model(baseline_path, threads),
+        }
+        rows = {}
+        for name, load in variants.items():
+            print(f"  measuring {name} ...", flush=True)
+            predict, size = load()
+            rows[name] = {**quality(predict, test_ids, test_labels, len(names)),
+                          **batch1_latency_ms(predict, timed, warmup=10),
+                          "throughput_batch32": throughput(predict, stream), "size_bytes": size}
+    base = rows[BASELINE]
+    for row in rows.values():
+        row["speedup_p50"] = round(base["latency_p50_ms"] / row["latency_p50_ms"], 2)
+        row["throughput_ratio"] = round(row["throughput_batch32"] / base["throughput_batch32"], 2)
+        row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
+    return {"workload": workload, "quick": quick, "threads": threads, "test_sentences": len(test_ids),
+            "timed_sentences": len(timed), "throughput_sentences": len(stream),
+            "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows, "not_built": NOT_BUILT}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['workload']}: {result['test_sentences']} test sentences; batch-1 latency over "
+             f"{result['timed_sentences']}, throughput over {result['throughput_sentences']}; {result['threads']} threads.", "",
+             "| model | accuracy | macro-F1 | p50 ms | p95 ms | batch-32 sent/s | MB | faster (p50) | throughput | smaller |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in result["models"].items():
+        lines.append(f"| {name} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | "
+                     f"{r['throughput_batch32']:.0f} | {r['size_bytes'] / 1e6:.1f} | {r['speedup_p50']:.1f}x | "
+                     f"{r['throughput_ratio']:.1f}x | {r['size_ratio']:.1f}x |")
+    for name, why in result["not_built"].items():
+        lines.append(f"| {name} | not built: {why} | | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
+    parser.add_argument("--workload", default="emotion")
+    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 320 for throughput")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/compare-<workload>.json)")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads)
+    table = markdown(result)
+    print("\n" + table)
+    out = args.out or REPO / "bench" / "results" / f"compare-{args.workload}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`python flows/predict.py`: a run's INT8 model, by alias or digest, on text from anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from artifacts.store import ArtifactRef, ArtifactStore
+from conftest import OFFLINE, REPO, tree_state
+from flows.predict import load_classifier, main
+from tasks.data import read_dataset
+from tasks.export import onnx_logits, onnx_session
+from tasks.tokenize import read_tokens
+
+TEXTS = ["i feel wonderful and loved today", "this is so unfair and it makes me furious"]
+
+
+def run_predict(argv: list[str], stdin: str = "") -> tuple[int, list[dict], str]:
+    out, err = io.StringIO(), io.StringIO()
+    saved, sys.stderr = sys.stderr, err
+    try:
+        code = main(argv, stdin=io.StringIO(stdin), stdout=out)
+    finally:
+        sys.stderr = saved
+    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+
+def artifact(store, run, stage: str) -> ArtifactRef:
+    digest = run.summary["stages"][stage]["artifact"]
+    return ArtifactRef(kind=ArtifactStore(store).manifest(digest)["kind"], digest=digest)
+
+
+def test_predicts_what_the_int8_model_computes_on_the_stored_test_ids(cold):
+    store, _, run = cold
+    artifacts = ArtifactStore(store)
+    texts = read_dataset(artifacts.open(artifact(store, run, "fetch_dataset")))[0]["test"]["text"].tolist()[:40]
+    ids, _ = read_tokens(artifacts.open(artifact(store, run, "tokenize")), "test")
+    classifier = load_classifier(artifacts, artifact(store, run, "quantize"))
+    # The command tokenizes exactly as the pipeline did...
+    assert [e.ids[: sum(e.attention_mask)] for e in classifier.tokenizer.encode_batch(texts)] == [list(i) for i in ids[:40]]
+    code, results, err = run_predict(["--store", str(store), *texts])
+    assert code == 0, err
+    # ...and labels each text with the INT8 model's own argmax on those ids.
+    session = onnx_session(artifacts.open(artifact(store, run, "quantize")) / "model.onnx")
+    names = classifier.labels
+    for result, sequence, text in zip(results, ids, texts):
+        expected = onnx_logits(session, sequence[None, :], np.ones((1, len(sequence)), dtype=np.int64))[0]
+        assert result["text"] == text and result["label"] == names[int(expected.argmax())]
+        assert list(result["scores"]) == names and abs(sum(result["scores"].values()) - 1) < 1e-4
+
+
+def test_alias_digest_and_prefix_name_the_same_model(cold):
+    store, _, run = cold
+    digest = run.summary["stages"]["quantize"]["artifact"]
+    outputs = [run_predict(["--store", str(store), "--model", model, *TEXTS]) for model in ("emotion/latest", digest, digest[:12])]
+    assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
+    assert outputs[0][1] == outputs[1][1] == outputs[2][1] and len(outputs[0][1]) == 2
+
+
+def test_file_and_stdin_inputs(cold, tmp_path):
+    store = str(cold[0])
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(TEXTS) + "\n")
+    by_args = run_predict(["--store", store, *TEXTS])[1]
+    assert run_predict(["--store", store, "--file", str(path)])[1] == by_args
+    assert run_predict(["--store", store], stdin="\n".join(TEXTS) + "\n")[1] == by_args
+    assert run_predict(["--store", store, "--file", "-"], stdin="\n".join(TEXTS))[1] == by_args
+
+
+def test_the_command_line_as_users_type_it(cold):
+    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "flows/predict.py", "--store", str(cold[0])], input="\n".join(TEXTS) + "\n",
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["text"] for line in lines] == TEXTS and all(line["label"] in line["scores"] for line in lines)
+
+
+@pytest.mark.parametrize("case", [
+    "unknown_alias", "empty_argument", "blank_line_in_file", "missing_file", "folder_as_file", "binary_file",
+    "not_a_model", "unknown_digest", "missing_store", "args_and_file", "empty_stdin",
+])
+def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
+    store = str(cold[0])
+    teacher = cold[2].summary["stages"]["fine_tune_teacher"]["artifact"]
+    text_file = tmp_path / "texts.txt"
+    cases = {
+        "unknown_alias": (["--model", "sst2/latest", "hi"], "", "no alias 'sst2/latest'", "emotion/latest"),
+        "empty_argument": (["fine", "   "], "", "empty text at argument 2", "non-blank"),
+        "blank_line_in_file": (["--file", str(text_file)], "", f"empty text at {text_file} line 2", "non-blank"),
+        "missing_file": (["--file", str(tmp_path / "nope.txt")], "", "no such file", "one text per line"),
+        "folder_as_file": (["--file", str(tmp_path)], "", "it is a folder", "one text per line"),
+        "binary_file": (["--file", str(tmp_path / "blob.bin")], "", "not UTF-8 text", "one text per line"),
+        "not_a_model": (["--model", teacher[:12], "hi"], "", "made by stage 'fine_tune_teacher', not an INT8 model", "<workload>/latest"),
+        "unknown_digest": (["--model", "0123456789ab", "hi"], "", "no artifact with digest '0123456789ab'", "artifacts"),
+        "missing_store": (["--store", str(tmp_path / "no-store"), "hi"], "", "no artifact store at", "--store"),
+        "args_and_file": (["--file", str(text_file), "hi"], "", "not both", "--file"),
+        "empty_stdin": ([], "\n\n", "no text to classify", "no lines"),
+    }
+    text_file.write_text("first\n\nthird\n")
+    (tmp_path / "blob.bin").write_bytes(bytes([0x80, 0xFF, 0x00, 0xFE]) * 64)
+    argv, stdin, problem, fix = cases[case]
+    if "--store" not in argv:
+        argv = ["--store", store, *argv]
+    before = tree_state(cold[0])
+    code, results, err = run_predict(argv, stdin)
+    assert code == 2 and results == []
+    assert err.startswith("error: ") and problem in err and fix in err, err
+    assert tree_state(cold[0]) == before
