@@ -133,10 +133,16 @@ def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np
 
 
 def ort_dynamic_baseline(model_path: Path, out_path: Path) -> None:
-    """onnxruntime's own dynamic INT8 quantization, default settings."""
+    """onnxruntime's own dynamic INT8 quantization with default settings, as users call it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger at every call
+    try:
+        quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def measure(session, sequences: list[np.ndarray], labels: np.ndarray, timed: list[np.ndarray]) -> tuple[np.ndarray, dict]:
