@@ -34,6 +34,7 @@ from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from tasks import export, quantize  # noqa: E402
 from tasks.batching import inference_batches, pad  # noqa: E402
+from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
 from tasks.timing import Predict, batch1_latency_ms  # noqa: E402
 from tasks.tokenize import read_tokens  # noqa: E402
 
@@ -73,25 +74,6 @@ def lineage(store: ArtifactStore, workload: str) -> dict[str, ArtifactRef]:
                                  f"{workload}/compare/teacher-int8")
     return {"tokens": tokens, "teacher": teacher, "teacher_onnx": teacher_onnx, "teacher_int8": teacher_int8,
             "student": student, "student_onnx": onnx, "student_int8": int8}
-
-
-def torch_model(folder: Path) -> tuple[Predict, int]:
-    import torch
-
-    from tasks.models import load_trained
-
-    model = load_trained(folder / "model")
-
-    def predict(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-
-    return predict, (folder / "model" / "model.safetensors").stat().st_size
-
-
-def onnx_model(path: Path, threads: int) -> tuple[Predict, int]:
-    session = export.onnx_session(path, threads)
-    return (lambda ids, mask: export.onnx_logits(session, ids, mask)), path.stat().st_size
 
 
 def quality(predict: Predict, sequences: list[np.ndarray], labels: np.ndarray, classes: int) -> dict:
@@ -135,13 +117,13 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int) -> d
         baseline_path = Path(scratch) / "model.onnx"
         quantize.ort_dynamic_baseline(folder["student_onnx"] / "model.onnx", baseline_path)
         variants = {
-            BASELINE: lambda: torch_model(folder["teacher"]),
-            "teacher FP32 ONNX": lambda: onnx_model(folder["teacher_onnx"] / "model.onnx", threads),
-            "teacher INT8 (INC)": lambda: onnx_model(folder["teacher_int8"] / "model.onnx", threads),
-            "student FP32 PyTorch": lambda: torch_model(folder["student"]),
-            "student FP32 ONNX": lambda: onnx_model(folder["student_onnx"] / "model.onnx", threads),
-            "student INT8 (INC)": lambda: onnx_model(folder["student_int8"] / "model.onnx", threads),
-            "student INT8 (onnxruntime quantize_dynamic)": lambda: onnx_model(baseline_path, threads),
+            BASELINE: lambda: torch_predictor(folder["teacher"]),
+            "teacher FP32 ONNX": lambda: onnx_predictor(folder["teacher_onnx"], threads),
+            "teacher INT8 (INC)": lambda: onnx_predictor(folder["teacher_int8"], threads),
+            "student FP32 PyTorch": lambda: torch_predictor(folder["student"]),
+            "student FP32 ONNX": lambda: onnx_predictor(folder["student_onnx"], threads),
+            "student INT8 (INC)": lambda: onnx_predictor(folder["student_int8"], threads),
+            "student INT8 (onnxruntime quantize_dynamic)": lambda: onnx_predictor(baseline_path.parent, threads),
         }
         rows = {}
         for name, load in variants.items():
