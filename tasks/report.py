@@ -69,7 +69,7 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}x"
 
 
-def markdown_report(params: ReportParams, evaluation: dict, images: bool = True) -> str:
+def markdown_report(params: ReportParams, evaluation: dict) -> str:
     names = evaluation["labels"]
     models = evaluation["models"]
     computed = [n for n, s in params.stages.items() if s.state == "computed"]
@@ -87,21 +87,18 @@ def markdown_report(params: ReportParams, evaluation: dict, images: bool = True)
     for r in model_rows(evaluation):
         lines.append(f"| {r['model']} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | "
                      f"{r['latency_p95_ms']:.2f} | {r['size_mb']:.1f} | {_ratio(r['speedup'])} | {_ratio(r['smaller'])} |")
-    if images:
-        lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
+    lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
     lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]
     for i, label in enumerate(names):
         lines.append(f"| {label} | " + " | ".join(f"{m['per_class_f1'][i]:.3f}" for m in models.values()) + " |")
-    if images:
-        lines += ["", "![per-class F1](per_class_f1.png)"]
+    lines += ["", "![per-class F1](per_class_f1.png)"]
     if FINAL_MODEL in models:
         lines += ["", f"## Confusion matrix of {FINAL_MODEL} (rows: true class, columns: predicted)", "",
                   "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for label, row in zip(names, models[FINAL_MODEL]["confusion_matrix"]):
             lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-        if images:
-            lines += ["", "![confusion matrix](confusion_matrix.png)"]
+        lines += ["", "![confusion matrix](confusion_matrix.png)"]
     total = sum(s.seconds for s in params.stages.values())
     lines += ["", "## Stages", "",
               f"{len(computed)} of {len(params.stages)} stages computed, {len(params.stages) - len(computed)} "
@@ -109,8 +106,7 @@ def markdown_report(params: ReportParams, evaluation: dict, images: bool = True)
               "| stage | state | seconds | artifact |", "|---|---|---:|---|"]
     for name, s in params.stages.items():
         lines.append(f"| {name} | {s.state} | {s.seconds:.1f} | `{s.artifact[:12]}` |")
-    if images:
-        lines += ["", "![stage times](stage_times.png)"]
+    lines += ["", "![stage times](stage_times.png)"]
     return "\n".join(lines) + "\n"
 
 
