@@ -7,7 +7,9 @@ Starts from the workload's `<workload>/latest` INT8 student and follows its line
 to the FP32 student, the teacher and the tokens. The teacher's ONNX export and INT8
 model are made with the same stages and parameters as the student's (reused when
 the store already holds them, and kept under `<workload>/compare/...` aliases);
-onnxruntime's `quantize_dynamic` of the student is the baseline INC must beat.
+onnxruntime's `quantize_dynamic` of the student is the baseline INC must beat. The
+QAT student (stage `qat_student`: INC quantization-aware fine-tuning of the same
+student, exported as QDQ INT8 ONNX) is built, or reused, the same way.
 
 For each variant: accuracy and macro-F1 on the test split, batch-1 latency p50/p95
 over test sentences at their real lengths, throughput at batch 32 (test order,
@@ -32,14 +34,13 @@ sys.path.insert(0, str(REPO))
 
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
-from tasks import export, quantize  # noqa: E402
+from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import inference_batches, pad  # noqa: E402
 from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
 from tasks.timing import Predict, batch1_latency_ms  # noqa: E402
 from tasks.tokenize import read_tokens  # noqa: E402
 
 BASELINE = "teacher FP32 PyTorch"
-NOT_BUILT = {"student QAT INT8": "no QAT stage yet (issue: compression beyond the seed articles)"}
 
 
 def ref_of(store: ArtifactStore, digest: str) -> ArtifactRef:
@@ -60,7 +61,7 @@ def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, 
     return ref
 
 
-def lineage(store: ArtifactStore, workload: str) -> dict[str, ArtifactRef]:
+def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams) -> dict[str, ArtifactRef]:
     int8 = store.resolve_alias(f"{workload}/latest")
     quantized = store.manifest(int8)
     onnx = ref_of(store, quantized["upstream"]["onnx"])
@@ -72,8 +73,9 @@ def lineage(store: ArtifactStore, workload: str) -> dict[str, ArtifactRef]:
     teacher_onnx = cached_or_run(store, export.STAGE, export_params, {"model": teacher, "tokens": tokens}, f"{workload}/compare/teacher-onnx")
     teacher_int8 = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": teacher_onnx, "tokens": tokens},
                                  f"{workload}/compare/teacher-int8")
+    student_qat = cached_or_run(store, qat.STAGE, qat_params, {"tokens": tokens, "student": student}, f"{workload}/compare/student-qat")
     return {"tokens": tokens, "teacher": teacher, "teacher_onnx": teacher_onnx, "teacher_int8": teacher_int8,
-            "student": student, "student_onnx": onnx, "student_int8": int8}
+            "student": student, "student_onnx": onnx, "student_int8": int8, "student_qat": student_qat}
 
 
 def quality(predict: Predict, sequences: list[np.ndarray], labels: np.ndarray, classes: int) -> dict:
@@ -99,11 +101,11 @@ def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 
     return round(len(sequences) / (time.perf_counter() - started), 1)
 
 
-def compare(store: ArtifactStore, workload: str, quick: bool, threads: int) -> dict:
+def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_params: qat.QATParams) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    refs = lineage(store, workload)
+    refs = lineage(store, workload, qat_params)
     folder = {name: store.open(ref) for name, ref in refs.items()}
     test_ids, test_labels = read_tokens(folder["tokens"], "test")
     names = json.loads((folder["tokens"] / "labels.json").read_text())["names"]
@@ -124,6 +126,7 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int) -> d
             "student FP32 ONNX": lambda: onnx_predictor(folder["student_onnx"], threads),
             "student INT8 (INC)": lambda: onnx_predictor(folder["student_int8"], threads),
             "student INT8 (onnxruntime quantize_dynamic)": lambda: onnx_predictor(baseline_path.parent, threads),
+            "student QAT INT8 (INC QAT, QDQ)": lambda: onnx_predictor(folder["student_qat"], threads),
         }
         rows = {}
         for name, load in variants.items():
@@ -139,7 +142,7 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int) -> d
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
     return {"workload": workload, "quick": quick, "threads": threads, "test_sentences": len(test_ids),
             "timed_sentences": len(timed), "throughput_sentences": len(stream),
-            "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows, "not_built": NOT_BUILT}
+            "qat": qat_params.model_dump(), "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows}
 
 
 def markdown(result: dict) -> str:
@@ -151,8 +154,6 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | "
                      f"{r['throughput_batch32']:.0f} | {r['size_bytes'] / 1e6:.1f} | {r['speedup_p50']:.1f}x | "
                      f"{r['throughput_ratio']:.1f}x | {r['size_ratio']:.1f}x |")
-    for name, why in result["not_built"].items():
-        lines.append(f"| {name} | not built: {why} | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,10 +164,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 320 for throughput")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/compare-<workload>.json)")
+    parser.add_argument("--qat-epochs", type=float, default=qat.QATParams().epochs, help="epochs of quantization-aware fine-tuning")
+    parser.add_argument("--qat-learning-rate", type=float, default=qat.QATParams().learning_rate)
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads)
+    qat_params = qat.QATParams(epochs=args.qat_epochs, learning_rate=args.qat_learning_rate)
+    result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads, qat_params)
     table = markdown(result)
     print("\n" + table)
     out = args.out or REPO / "bench" / "results" / f"compare-{args.workload}{'-quick' if args.quick else ''}.json"

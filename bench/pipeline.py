@@ -8,7 +8,7 @@ For each preset (smoke, then the full emotion workload), in one process:
       changing only the quantization settings (dynamic -> static INT8); plus the
       whole laptop command (`python flows/emotion.py`, its own temporary Prefect
       server included) for the cached rerun;
-  (b) the same seven stages as plain function calls (run_stage, no Prefect) into
+  (b) the same eight stages as plain function calls (run_stage, no Prefect) into
       another empty store, against the cold flow run; both must make the same artifacts;
   (b') on the full data with a tenth of an epoch per training stage, plain calls and
       the flow alternated (plain, flow, flow, plain, ...), each into an empty store, so
@@ -63,7 +63,7 @@ def timed(fn, *args, **kwargs):
 
 
 def plain_run(config, store_root: str) -> tuple[float, dict]:
-    """The seven stages as plain function calls: no Prefect, no cache lookups."""
+    """The eight stages as plain function calls: no Prefect, no cache lookups."""
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
     from flows.pipeline import STAGE_NAMES, run_dag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks.augment import AugmentParams
 from tasks.data import DataParams
 from tasks.distil import StudentParams
 from tasks.evaluate import EvaluateParams
@@ -22,6 +23,7 @@ class PipelineConfig(BaseModel):
     data: DataParams = DataParams()
     tokenize: TokenizeParams = TokenizeParams()
     teacher: TeacherParams = TeacherParams()
+    augment: AugmentParams = AugmentParams()
     student: StudentParams = StudentParams()
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
@@ -37,4 +39,4 @@ class PipelineConfig(BaseModel):
 
 
 
-SECTIONS = ("data", "tokenize", "teacher", "student", "export", "quantize", "evaluate")
+SECTIONS = ("data", "tokenize", "teacher", "augment", "student", "export", "quantize", "evaluate")

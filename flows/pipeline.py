@@ -1,6 +1,6 @@
-"""The generic pipeline flow: seven stages, each a cached Prefect task.
+"""The generic pipeline flow: eight stages, each a cached Prefect task.
 
-    fetch_dataset -> tokenize -> fine_tune_teacher -> distil_student
+    fetch_dataset -> tokenize -> fine_tune_teacher -> augment_data -> distil_student
                   -> export_onnx -> quantize -> evaluate
 
 `stage_task` is the one place a stage becomes a Prefect task, so every stage gets
@@ -34,11 +34,11 @@ from artifacts.stage import Progress, Stage, run_stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
-from tasks import data, distil, evaluate, export, quantize, report, teacher, tokenize
+from tasks import augment, data, distil, evaluate, export, quantize, report, teacher, tokenize
 from tasks.models import load_config
 
-FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
-    data.STAGE, tokenize.STAGE, teacher.STAGE, distil.STAGE, export.STAGE, quantize.STAGE, evaluate.STAGE,
+FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, AUGMENT_DATA, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
+    data.STAGE, tokenize.STAGE, teacher.STAGE, augment.STAGE, distil.STAGE, export.STAGE, quantize.STAGE, evaluate.STAGE,
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -46,7 +46,7 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 def preflight(config: PipelineConfig) -> None:
     """Every check that needs no training, so bad input fails in seconds, storing nothing."""
     teacher_config = load_config(config.teacher.model)
-    distil.student_layers(config.student, teacher_config.num_hidden_layers)
+    distil.check_student(config.student, teacher_config)
     if not data.is_hub_id(config.data.source):
         data.load_splits(config.data)  # reads and checks every split (seconds); Hub sources are checked by fetch_dataset
 
@@ -143,12 +143,13 @@ def run_dag(config: PipelineConfig, stage: CallStage) -> dict[str, ArtifactRef]:
     dataset = stage(FETCH_DATASET, config.data)
     tokens = stage(TOKENIZE, config.tokenize, dataset=dataset)
     teacher_model = stage(FINE_TUNE_TEACHER, config.teacher, tokens=tokens)
-    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model)
+    augmented = stage(AUGMENT_DATA, config.augment, tokens=tokens, teacher=teacher_model)
+    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model, augmented=augmented)
     student_onnx = stage(EXPORT_ONNX, config.export, model=student_model, tokens=tokens)
     student_int8 = stage(QUANTIZE, config.quantize, onnx=student_onnx, tokens=tokens)
     evaluation = stage(EVALUATE, config.evaluate, tokens=tokens, teacher=teacher_model,
                        student=student_model, student_int8=student_int8)
-    return {"dataset": dataset, "tokens": tokens, "teacher": teacher_model, "student": student_model,
+    return {"dataset": dataset, "tokens": tokens, "teacher": teacher_model, "augmented": augmented, "student": student_model,
             "student_onnx": student_onnx, "student_int8": student_int8, "evaluation": evaluation}
 
 

@@ -11,12 +11,16 @@ import torch
 from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactStore
 from conftest import EMOTION_LABELS, write_emotion_slice
-from tasks import data, distil, evaluate, export, quantize, teacher, tokenize
+from tasks import augment, data, distil, evaluate, export, quantize, teacher, tokenize
 from tasks.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_classifier, load_config, load_trained
 from tasks.tokenize import read_tokens
+
+
+def student_inputs(refs: dict) -> dict:
+    return {name: refs[name] for name in distil.STAGE.inputs}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,8 @@ def pipeline(tmp_path_factory, emotion_dir):
     refs = {"dataset": run_stage(data.STAGE, data.DataParams(source=str(folder), label_names=EMOTION_LABELS), {}, store)}
     refs["tokens"] = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny", max_length=32), {"dataset": refs["dataset"]}, store)
     refs["teacher"] = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny", epochs=6, learning_rate=3e-3, batch_size=16), {"tokens": refs["tokens"]}, store)
-    refs["student"] = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    refs["augmented"] = run_stage(augment.STAGE, augment.AugmentParams(), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    refs["student"] = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16), student_inputs(refs), store)
     refs["onnx"] = run_stage(export.STAGE, export.ExportParams(), {"model": refs["student"], "tokens": refs["tokens"]}, store)
     return store, refs
 
@@ -132,7 +137,7 @@ def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(p
         return distil.hidden_state_loss(s, t, [0], mask).item()
 
     matched = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16, hidden_weight=5.0),
-                        {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+                        student_inputs(refs), store)
     assert store.manifest(matched)["params"]["hidden_weight"] == 5.0
     assert hidden_gap(matched) < 0.5 * hidden_gap(refs["student"])
 
@@ -265,3 +270,158 @@ def test_unknown_models_fail_with_the_offline_fix(tmp_path):
         load_config("no-such-org/no-such-model")
     assert "Hub" in str(error.value) and "'minilm'" in str(error.value)
     assert load_config("minilm").num_hidden_layers == 6
+
+
+# --- augmentation (Tang et al. 2019) and pretrained students -------------------------
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    from tasks.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    continuation, candidates = augment.whole_words(tokenizer)
+    return tokenizer, continuation, candidates
+
+
+def word_strings(tokenizer, ids) -> list[str]:
+    return tokenizer.decode(ids[1:-1]).split()
+
+
+def test_perturbations_act_on_whole_words_inside_cls_and_sep(vocabulary):
+    tokenizer, continuation, candidates = vocabulary
+    ids = np.array(tokenizer("i feel unbelievably happy and a little scared")["input_ids"])
+    words = augment.words_of(ids, continuation)
+    assert len(words) == 8 and any(len(w) > 1 for w in words)  # "unbelievably" is several pieces
+    rng = np.random.default_rng(0)
+    mask_id = tokenizer.mask_token_id
+
+    masked = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=1, ngram_probability=0), continuation, {}, mask_id, rng)
+    assert masked.tolist() == [ids[0]] + [mask_id] * 8 + [ids[-1]]  # one [MASK] per word, however many pieces
+
+    neighbours = {int(w[0]): np.array([tokenizer.convert_tokens_to_ids("glad")]) for w in words if len(w) == 1}
+    replaced = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=0, neighbour_probability=1, ngram_probability=0),
+                               continuation, neighbours, mask_id, rng)
+    out = word_strings(tokenizer, replaced)
+    assert out == ["glad", "glad", "unbelievably", "glad", "glad", "glad", "glad", "glad"]  # multi-piece words stay
+
+    original = word_strings(tokenizer, ids)
+    for _ in range(20):
+        window = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=0, ngram_probability=1, max_ngram=3),
+                                 continuation, {}, mask_id, rng)
+        kept = word_strings(tokenizer, window)
+        assert 1 <= len(kept) <= 3 and window[0] == ids[0] and window[-1] == ids[-1]
+        assert any(original[i:i + len(kept)] == kept for i in range(len(original)))  # a contiguous window
+
+
+def test_vocabulary_neighbours_are_whole_words_near_in_embedding_space(vocabulary):
+    tokenizer, continuation, candidates = vocabulary
+    embeddings = load_classifier("minilm", EMOTION_LABELS).get_input_embeddings().weight
+    happy, movie = tokenizer.convert_tokens_to_ids(["happy", "movie"])
+    found = augment.nearest_words(embeddings, np.array([happy, movie]), candidates, 10)
+    assert set(found) == {happy, movie} and all(len(v) == 10 for v in found.values())
+    assert happy not in found[happy] and not any(continuation[found[happy]])
+    assert {"glad", "pleased"} <= set(tokenizer.convert_ids_to_tokens(found[happy].tolist()))
+    assert "film" in tokenizer.convert_ids_to_tokens(found[movie].tolist())
+
+
+def test_augmented_variants_are_new_and_labelled_by_the_teacher(pipeline):
+    from tasks.training import predict_logits
+
+    store, refs = pipeline
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=3, seed=1), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    variants, logits = augment.read_augmented(store.open(made))
+    train_ids, train_labels = read_tokens(store.open(refs["tokens"]), "train")
+    metrics = store.manifest(made)["metrics"]
+    assert metrics["tried"] == 1200 and 600 < metrics["rows"] == len(variants) == len(logits) <= 1200
+    assert metrics["rows"] + metrics["duplicates_dropped"] == 1200
+    keys = [tuple(v.tolist()) for v in variants]
+    assert len(set(keys)) == len(keys) and not set(keys) & {tuple(s.tolist()) for s in train_ids}
+    assert all(v[0] == 101 and v[-1] == 102 and len(v) <= 32 for v in variants)
+    teacher_model = load_trained(store.open(refs["teacher"]) / "model")
+    np.testing.assert_allclose(logits[:50], predict_logits(teacher_model, variants[:50]), atol=1e-4)
+
+
+def test_no_copies_writes_an_empty_set_without_loading_the_teacher(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    inputs = {"tokens": tmp_path / "no-tokens", "teacher": tmp_path / "no-teacher"}  # would fail if read
+    assert augment.build_augmented(augment.AugmentParams(), inputs, out, Progress(bar=False)) == {"rows": 0}
+    assert augment.read_augmented(out)[0] == []
+
+
+def test_distillation_trains_on_the_augmented_examples(pipeline):
+    store, refs = pipeline
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=2), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    rows = store.manifest(made)["metrics"]["rows"]
+    student = run_stage(distil.STAGE, distil.StudentParams(epochs=1, learning_rate=2e-3, batch_size=16),
+                        {**student_inputs(refs), "augmented": made}, store)
+    metrics = store.manifest(student)["metrics"]
+    assert metrics["augmented_examples"] == rows > 0
+    assert metrics["steps"] >= (400 + rows) / 16 > 400 / 16 + 10  # batches of at most 16 over both sets
+
+
+def test_a_pretrained_student_of_another_shape_is_distilled(pipeline, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from tasks.training import predict_logits
+
+    store, refs = pipeline
+    config = load_config("tiny", num_labels=6)
+    config.hidden_size, config.num_hidden_layers, config.intermediate_size = 32, 1, 64
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "small-bert")
+    student = run_stage(distil.STAGE, distil.StudentParams(model=str(tmp_path / "small-bert"), epochs=2, learning_rate=3e-3, batch_size=16),
+                        student_inputs(refs), store)
+    trained = load_trained(store.open(student) / "model")
+    assert (trained.config.hidden_size, trained.config.num_hidden_layers) == (32, 1)
+    assert trained.config.id2label[0] == "sadness"
+    ids, _ = read_tokens(store.open(refs["tokens"]), "validation")
+    target = predict_logits(load_trained(store.open(refs["teacher"]) / "model"), ids)
+    gap = lambda model: float(((predict_logits(model, ids) - target) ** 2).mean())  # noqa: E731
+    assert gap(trained) < 0.7 * gap(load_trained(tmp_path / "small-bert"))
+
+
+def test_pretrained_students_are_checked_before_training(tmp_path):
+    teacher_config = load_config("tiny")
+    with pytest.raises(DistilleryError) as offline:
+        distil.check_student(distil.StudentParams(model="google/bert_uncased_L-4_H-256_A-4"), teacher_config)
+    assert "Hub did not provide it" in str(offline.value) and "'minilm'" in str(offline.value)
+    other = load_config("tiny")
+    other.vocab_size = 1000
+    other.save_pretrained(tmp_path / "other-vocab")
+    with pytest.raises(DistilleryError, match="vocabulary of 1000 tokens, the teacher 30522"):
+        distil.check_student(distil.StudentParams(model=str(tmp_path / "other-vocab")), teacher_config)
+    with pytest.raises(ValueError, match="not both"):
+        distil.StudentParams(model="x", layers=[0])
+    with pytest.raises(ValueError, match="hidden_weight 0"):
+        distil.StudentParams(model="x", hidden_weight=1.0)
+
+
+def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline, tmp_path):
+    import onnxruntime as ort
+
+    from tasks import qat
+
+    store, refs = pipeline
+    made = run_stage(qat.STAGE, qat.QATParams(epochs=1, learning_rate=1e-3, batch_size=16, parity_examples=100),
+                     {"tokens": refs["tokens"], "student": refs["student"]}, store)
+    folder, metrics = store.open(made), store.manifest(made)["metrics"]
+    # Integer kernels round where PyTorch's float fake quantization does not: logits move
+    # by a few quantization steps, predictions do not.
+    assert metrics["parity_agreement"] >= 0.98 and metrics["parity_max_abs_diff"] < 0.2
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert metrics["dequantize_linear_nodes"] > 10 and len(int8_weights) >= 8  # every Linear's weight is stored as INT8
+    fp32_onnx = store.open(refs["onnx"]) / "model.onnx"
+    assert (folder / "model.onnx").stat().st_size < 0.5 * fp32_onnx.stat().st_size
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    fused = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert fused & {"MatMulIntegerToFloat", "QGemm", "QLinearMatMul", "MatMulInteger"}  # integer kernels run
+
+    ids, labels = read_tokens(store.open(refs["tokens"]), "test")
+    session = onnx_session(folder / "model.onnx")
+    predicted = np.concatenate([onnx_logits(session, *(t.numpy() for t in pad(ids, [i]))) for i in range(len(ids))]).argmax(1)
+    student = evaluate.predictions(evaluate.torch_predictor(store.open(refs["student"]))[0], ids)
+    assert (predicted == student).mean() > 0.6  # fine-tuned from the student, not from scratch

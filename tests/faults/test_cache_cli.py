@@ -24,7 +24,7 @@ def test_list_shows_every_artifact_and_what_keeps_it(cold, tmp_path):
         assert stage["artifact"][:12] in out.stdout
     report = cold[2].summary["report"]["artifact"]
     assert f"{report[:12]}  run-report report" in out.stdout and "alias emotion/report" in out.stdout
-    assert "record " in out.stdout and "8 artifacts" in out.stdout  # seven stages and the run's report
+    assert "record " in out.stdout and "9 artifacts" in out.stdout  # eight stages and the run's report
 
 
 def test_verify_finds_a_flipped_byte_and_repair_removes_it(cold, tmp_path):
