@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
-from tasks.batching import inference_batches, pad  # noqa: E402
+from tasks.batching import pad  # noqa: E402
 from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
-from tasks.timing import Predict, batch1_latency_ms  # noqa: E402
+from tasks.timing import Predict, batch1_latency_ms, predictions  # noqa: E402
 from tasks.tokenize import read_tokens  # noqa: E402
 
 BASELINE = "teacher FP32 PyTorch"
@@ -79,11 +79,9 @@ def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams) -> d
 
 
 def quality(predict: Predict, sequences: list[np.ndarray], labels: np.ndarray, classes: int) -> dict:
-    # Length-sorted batches of 64, as the evaluate stage uses: dynamic INT8 quantizes each
-    # batch's activations with one scale, so batch composition can flip a few predictions.
-    predicted = np.empty(len(sequences), dtype=np.int64)
-    for batch in inference_batches([len(s) for s in sequences], 64):
-        predicted[batch] = predict(*(t.numpy() for t in pad(sequences, batch))).argmax(1)
+    # The evaluate stage's batches: dynamic INT8 quantizes each batch's activations with
+    # one scale, so batch composition can flip a few predictions.
+    predicted = predictions(predict, sequences)
     f1 = []
     for c in range(classes):
         tp = int(((predicted == c) & (labels == c)).sum())

@@ -166,7 +166,8 @@ def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, 
     history = train(student, sequences, loss, params, progress, "distil_student", read_tokens(tokens, "validation"))
     student.save_pretrained(out / "model", safe_serialization=True)
     (out / "student.json").write_text(json.dumps({"teacher_layers": layers, "pretrained": params.model}))
-    history["layers"] = layers if layers is not None else student.config.num_hidden_layers
+    history["layers"] = layers  # the teacher layers it was copied from; None for a pretrained student
+    history["num_layers"] = student.config.num_hidden_layers
     history["augmented_examples"] = len(extra_ids)
     history["parameters"] = sum(p.numel() for p in student.parameters())
     return history

@@ -16,10 +16,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.batching import inference_batches, pad
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_trained
-from tasks.timing import Predict, batch1_latency_ms
+from tasks.timing import Predict, batch1_latency_ms, predictions
 from tasks.tokenize import read_tokens
 
 METRIC_MODULE = Path(__file__).parent / "metrics" / "classification_report"
@@ -47,14 +46,6 @@ def torch_predictor(folder: Path) -> tuple[Predict, int]:
 def onnx_predictor(folder: Path, threads: int) -> tuple[Predict, int]:
     session = onnx_session(folder / "model.onnx", threads)
     return (lambda ids, mask: onnx_logits(session, ids, mask)), (folder / "model.onnx").stat().st_size
-
-
-def predictions(predict: Predict, sequences: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(len(sequences), dtype=np.int64)
-    for batch in inference_batches([len(s) for s in sequences], 64):
-        ids, mask = (t.numpy() for t in pad(sequences, batch))
-        out[batch] = predict(ids, mask).argmax(1)
-    return out
 
 
 def build_report(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:

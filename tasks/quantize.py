@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
 from tasks.export import onnx_logits, onnx_session
-from tasks.timing import batch1_latency_ms
+from tasks.timing import batch1_latency_ms, predictions
 from tasks.tokenize import read_tokens
 
 
@@ -78,11 +78,7 @@ def _inc():
 
 
 def onnx_predictions(session, sequences: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(len(sequences), dtype=np.int64)
-    for batch in inference_batches([len(s) for s in sequences], 64):
-        ids, mask = (t.numpy() for t in pad(sequences, batch))
-        out[batch] = onnx_logits(session, ids, mask).argmax(1)
-    return out
+    return predictions(lambda ids, mask: onnx_logits(session, ids, mask), sequences)
 
 
 def validation_accuracy(sequences: list[np.ndarray], labels: np.ndarray):

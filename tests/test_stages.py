@@ -16,6 +16,7 @@ from tasks.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_classifier, load_config, load_trained
+from tasks.timing import predictions
 from tasks.tokenize import read_tokens
 
 
@@ -423,5 +424,5 @@ def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline,
     ids, labels = read_tokens(store.open(refs["tokens"]), "test")
     session = onnx_session(folder / "model.onnx")
     predicted = np.concatenate([onnx_logits(session, *(t.numpy() for t in pad(ids, [i]))) for i in range(len(ids))]).argmax(1)
-    student = evaluate.predictions(evaluate.torch_predictor(store.open(refs["student"]))[0], ids)
+    student = predictions(evaluate.torch_predictor(store.open(refs["student"]))[0], ids)
     assert (predicted == student).mean() > 0.6  # fine-tuned from the student, not from scratch
