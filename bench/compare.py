@@ -3,7 +3,8 @@
     python bench/compare.py --store .distillery --workload emotion
     python bench/compare.py --quick        # a test slice; under 2 minutes on cached artifacts
 
-Starts from the workload's `<workload>/latest` INT8 student and follows its lineage
+Starts from the workload's `<workload>/latest` INT8 student (or `--int8`, an alias or
+digest) and follows its lineage
 to the FP32 student, the teacher and the tokens. The teacher's ONNX export and INT8
 model are made with the same stages and parameters as the student's (reused when
 the store already holds them, and kept under `<workload>/compare/...` aliases);
@@ -12,8 +13,10 @@ QAT student (stage `qat_student`: INC quantization-aware fine-tuning of the same
 student, exported as QDQ INT8 ONNX) is built, or reused, the same way.
 
 For each variant: accuracy and macro-F1 on the test split, batch-1 latency p50/p95
-over test sentences at their real lengths, throughput at batch 32 (test order,
-padded per batch), file size, and each one's ratio to the teacher in FP32 PyTorch.
+over test sentences at their real lengths (all variants timed in turns, `--rounds`
+of them, each reporting its median round: see tasks/timing.py), throughput at
+batch 32 (test order, padded per batch), file size, and each one's ratio to the
+teacher in FP32 PyTorch.
 Writes JSON and a markdown table.
 """
 
@@ -37,7 +40,7 @@ from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import pad  # noqa: E402
 from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
-from tasks.timing import Predict, batch1_latency_ms, predictions  # noqa: E402
+from tasks.timing import Predict, interleaved_latency_ms, predictions  # noqa: E402
 from tasks.tokenize import read_tokens  # noqa: E402
 
 BASELINE = "teacher FP32 PyTorch"
@@ -61,8 +64,25 @@ def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, 
     return ref
 
 
-def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams) -> dict[str, ArtifactRef]:
-    int8 = store.resolve_alias(f"{workload}/latest")
+def int8_student(store: ArtifactStore, workload: str, start: str | None) -> ArtifactRef:
+    """`start` (an alias or a digest) or the workload's latest run; it must be a `quantize` output."""
+    if start is None:
+        return store.resolve_alias(f"{workload}/latest")
+    if start in store.aliases():
+        ref = store.resolve_alias(start)
+    elif start in store.digests():
+        ref = ref_of(store, start)
+    else:
+        raise SystemExit(f"--int8 {start!r} is neither an alias nor a full artifact digest in {store.root}: "
+                         f"`python -m artifacts --store {store.root} list` shows both")
+    if store.manifest(ref).get("stage") != quantize.STAGE.name:
+        raise SystemExit(f"--int8 {start!r} was made by stage {store.manifest(ref).get('stage')!r}, not "
+                         f"{quantize.STAGE.name!r}: pass the INT8 student of a run, e.g. {workload}/latest")
+    return ref
+
+
+def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams, start: str | None = None) -> dict[str, ArtifactRef]:
+    int8 = int8_student(store, workload, start)
     quantized = store.manifest(int8)
     onnx = ref_of(store, quantized["upstream"]["onnx"])
     student = ref_of(store, store.manifest(onnx)["upstream"]["model"])
@@ -99,11 +119,12 @@ def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 
     return round(len(sequences) / (time.perf_counter() - started), 1)
 
 
-def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_params: qat.QATParams) -> dict:
+def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_params: qat.QATParams,
+            rounds: int, start: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    refs = lineage(store, workload, qat_params)
+    refs = lineage(store, workload, qat_params, start)
     folder = {name: store.open(ref) for name, ref in refs.items()}
     test_ids, test_labels = read_tokens(folder["tokens"], "test")
     names = json.loads((folder["tokens"] / "labels.json").read_text())["names"]
@@ -117,39 +138,43 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_
         baseline_path = Path(scratch) / "model.onnx"
         quantize.ort_dynamic_baseline(folder["student_onnx"] / "model.onnx", baseline_path)
         variants = {
-            BASELINE: lambda: torch_predictor(folder["teacher"]),
-            "teacher FP32 ONNX": lambda: onnx_predictor(folder["teacher_onnx"], threads),
-            "teacher INT8 (INC)": lambda: onnx_predictor(folder["teacher_int8"], threads),
-            "student FP32 PyTorch": lambda: torch_predictor(folder["student"]),
-            "student FP32 ONNX": lambda: onnx_predictor(folder["student_onnx"], threads),
-            "student INT8 (INC)": lambda: onnx_predictor(folder["student_int8"], threads),
-            "student INT8 (onnxruntime quantize_dynamic)": lambda: onnx_predictor(baseline_path.parent, threads),
-            "student QAT INT8 (INC QAT, QDQ)": lambda: onnx_predictor(folder["student_qat"], threads),
+            BASELINE: torch_predictor(folder["teacher"]),
+            "teacher FP32 ONNX": onnx_predictor(folder["teacher_onnx"], threads),
+            "teacher INT8 (INC)": onnx_predictor(folder["teacher_int8"], threads),
+            "student FP32 PyTorch": torch_predictor(folder["student"]),
+            "student FP32 ONNX": onnx_predictor(folder["student_onnx"], threads),
+            "student INT8 (INC)": onnx_predictor(folder["student_int8"], threads),
+            "student INT8 (onnxruntime quantize_dynamic)": onnx_predictor(baseline_path.parent, threads),
+            "student QAT INT8 (INC QAT, QDQ)": onnx_predictor(folder["student_qat"], threads),
         }
         rows = {}
-        for name, load in variants.items():
+        for name, (predict, size) in variants.items():
             print(f"  measuring {name} ...", flush=True)
-            predict, size = load()
             rows[name] = {**quality(predict, test_ids, test_labels, len(names)),
-                          **batch1_latency_ms(predict, timed, warmup=10),
                           "throughput_batch32": throughput(predict, stream), "size_bytes": size}
-    base = rows[BASELINE]
-    for row in rows.values():
+        print(f"  timing batch-1 latency: {rounds} rounds over {len(timed)} sentences ...", flush=True)
+        latency = interleaved_latency_ms({name: predict for name, (predict, _) in variants.items()}, timed, rounds, warmup=10)
+    base = {**rows[BASELINE], **latency[BASELINE]}
+    for name, row in rows.items():
+        row.update(latency[name])
         row["speedup_p50"] = round(base["latency_p50_ms"] / row["latency_p50_ms"], 2)
         row["throughput_ratio"] = round(row["throughput_batch32"] / base["throughput_batch32"], 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
     return {"workload": workload, "quick": quick, "threads": threads, "test_sentences": len(test_ids),
-            "timed_sentences": len(timed), "throughput_sentences": len(stream),
+            "timed_sentences": len(timed), "latency_rounds": rounds, "throughput_sentences": len(stream),
             "qat": qat_params.model_dump(), "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows}
 
 
 def markdown(result: dict) -> str:
     lines = [f"{result['workload']}: {result['test_sentences']} test sentences; batch-1 latency over "
-             f"{result['timed_sentences']}, throughput over {result['throughput_sentences']}; {result['threads']} threads.", "",
-             "| model | accuracy | macro-F1 | p50 ms | p95 ms | batch-32 sent/s | MB | faster (p50) | throughput | smaller |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{result['timed_sentences']}, every model timed in turns, median of {result['latency_rounds']} rounds "
+             f"(p50 range: fastest to slowest round); throughput over {result['throughput_sentences']}; "
+             f"{result['threads']} threads.", "",
+             "| model | accuracy | macro-F1 | p50 ms | p50 range | p95 ms | batch-32 sent/s | MB | faster (p50) | throughput | smaller |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["models"].items():
-        lines.append(f"| {name} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | "
+        spread = f"{min(r['latency_p50_rounds_ms']):.2f}–{max(r['latency_p50_rounds_ms']):.2f}"
+        lines.append(f"| {name} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | {spread} | {r['latency_p95_ms']:.2f} | "
                      f"{r['throughput_batch32']:.0f} | {r['size_bytes'] / 1e6:.1f} | {r['speedup_p50']:.1f}x | "
                      f"{r['throughput_ratio']:.1f}x | {r['size_ratio']:.1f}x |")
     return "\n".join(lines) + "\n"
@@ -164,11 +189,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/compare-<workload>.json)")
     parser.add_argument("--qat-epochs", type=float, default=qat.QATParams().epochs, help="epochs of quantization-aware fine-tuning")
     parser.add_argument("--qat-learning-rate", type=float, default=qat.QATParams().learning_rate)
+    parser.add_argument("--rounds", type=int, help="batch-1 latency rounds, every model timed once per round (default: 5; 2 with --quick)")
+    parser.add_argument("--int8", help="the INT8 student to start from: an alias or a digest (default: <workload>/latest)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     qat_params = qat.QATParams(epochs=args.qat_epochs, learning_rate=args.qat_learning_rate)
-    result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads, qat_params)
+    rounds = args.rounds or (2 if args.quick else 5)
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
+    result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads, qat_params, rounds, args.int8)
     table = markdown(result)
     print("\n" + table)
     out = args.out or REPO / "bench" / "results" / f"compare-{args.workload}{'-quick' if args.quick else ''}.json"

@@ -2,7 +2,8 @@
 
 Quality on the whole test split through a local `evaluate` metric module. Speed as
 batch-1 latency (p50/p95) over test sentences at their real lengths, the way a
-service sees single requests, after a warm-up; all models run on the same threads.
+service sees single requests, after a warm-up; all models run on the same threads
+and are timed in turns (`tasks.timing.interleaved_latency_ms`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from artifacts.stage import Progress, Stage
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_trained
-from tasks.timing import Predict, batch1_latency_ms, predictions
+from tasks.timing import Predict, interleaved_latency_ms, predictions
 from tasks.tokenize import read_tokens
 
 METRIC_MODULE = Path(__file__).parent / "metrics" / "classification_report"
@@ -29,6 +30,7 @@ class EvaluateParams(BaseModel):
 
     latency_sentences: int = Field(200, ge=1, description="test sentences timed one at a time for batch-1 latency")
     warmup: int = Field(10, ge=0, description="untimed calls before timing")
+    rounds: int = Field(3, ge=1, description="turns in which the models are timed one after another; each reports its median round")
     threads: int | None = Field(None, ge=1, description="CPU threads for every model (default: all cores)")
     seed: int = Field(42, description="seed for picking the latency sentences")
 
@@ -65,10 +67,12 @@ def build_report(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, 
             "student": torch_predictor(inputs["student"]),
             "student_int8": onnx_predictor(inputs["student_int8"], threads),
         }
+        latency = interleaved_latency_ms({name: predict for name, (predict, _) in predictors.items()}, timed,
+                                         params.rounds, params.warmup)
         report: dict = {"labels": names, "test_rows": len(test_ids), "threads": threads, "models": {}}
         for name, (predict, size) in predictors.items():
             scores = metric.compute(predictions=predictions(predict, test_ids), references=test_labels, num_labels=len(names))
-            report["models"][name] = {**scores, **batch1_latency_ms(predict, timed, params.warmup), "size_bytes": size}
+            report["models"][name] = {**scores, **latency[name], "size_bytes": size}
             m = report["models"][name]
             progress.info(f"evaluate: {name} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
                           f"p50 {m['latency_p50_ms']:.2f} ms")

@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
 from tasks.export import onnx_logits, onnx_session
-from tasks.timing import batch1_latency_ms, predictions
+from tasks.timing import interleaved_latency_ms, predictions
 from tasks.tokenize import read_tokens
 
 
@@ -45,6 +46,7 @@ class QuantizeParams(BaseModel):
     max_trials: int = Field(20, ge=1, le=1000, description="accuracy-aware tuning: most quantization candidates INC may try")
     baseline: bool = Field(True, description="also quantize with onnxruntime's quantize_dynamic and report it beside INC")
     latency_sentences: int = Field(100, ge=1, description="validation sentences timed at batch 1 for INC and the baseline")
+    latency_rounds: int = Field(3, ge=1, description="turns in which FP32, INC and the baseline are timed one after another")
 
     @model_validator(mode="after")
     def _format_needs_static(self) -> "QuantizeParams":
@@ -78,7 +80,7 @@ def _inc():
 
 
 def onnx_predictions(session, sequences: list[np.ndarray]) -> np.ndarray:
-    return predictions(lambda ids, mask: onnx_logits(session, ids, mask), sequences)
+    return predictions(partial(onnx_logits, session), sequences)
 
 
 def validation_accuracy(sequences: list[np.ndarray], labels: np.ndarray):
@@ -130,21 +132,19 @@ def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np
 
 def ort_dynamic_baseline(model_path: Path, out_path: Path) -> None:
     """onnxruntime's own dynamic INT8 quantization with default settings, as users call it."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # it advises pre-processing on the root logger at every call
     try:
-        quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8)
+        # Shape inference cannot type the outputs of onnxruntime's fused (com.microsoft)
+        # kernels; they are all float, which is what this tells the quantizer.
+        quantize_dynamic(str(model_path), str(out_path), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
-
-
-def measure(session, sequences: list[np.ndarray], labels: np.ndarray, timed: list[np.ndarray]) -> tuple[np.ndarray, dict]:
-    predicted = onnx_predictions(session, sequences)
-    latency = batch1_latency_ms(lambda ids, mask: onnx_logits(session, ids, mask), timed, warmup=5)
-    return predicted, {"validation_accuracy": round(float((predicted == labels).mean()), 5), **latency}
 
 
 def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -157,26 +157,33 @@ def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, pr
     out_path = out / "model.onnx"
     quantize_onnx(params, model_path, [train_ids[i] for i in pick], out_path, (val_ids, val_labels))
     (out / "config.json").write_bytes((inputs["onnx"] / "config.json").read_bytes())
-    fp32_pred, fp32 = measure(onnx_session(model_path), val_ids, val_labels, timed)
-    int8_pred, int8 = measure(onnx_session(out_path), val_ids, val_labels, timed)
+    with tempfile.TemporaryDirectory(prefix="ort-quant-") as scratch:
+        models = {"fp32": model_path, "int8": out_path}
+        if params.baseline:
+            models["ort_quantize_dynamic"] = Path(scratch) / "model.onnx"
+            ort_dynamic_baseline(model_path, models["ort_quantize_dynamic"])
+        predictors = {name: partial(onnx_logits, onnx_session(path)) for name, path in models.items()}
+        predicted = {name: predictions(predict, val_ids) for name, predict in predictors.items()}
+        latency = interleaved_latency_ms(predictors, timed, params.latency_rounds, warmup=5)
+        measured = {name: {"validation_accuracy": round(float((predicted[name] == val_labels).mean()), 5), **latency[name]}
+                    for name in models}
+        if params.baseline:
+            measured["ort_quantize_dynamic"]["size_bytes"] = models["ort_quantize_dynamic"].stat().st_size
+    fp32, int8 = measured.pop("fp32"), measured.pop("int8")
     metrics = {
         "size_bytes": out_path.stat().st_size,
         "validation_accuracy_fp32": fp32["validation_accuracy"],
         "validation_accuracy_int8": int8["validation_accuracy"],
-        "validation_agreement": round(float((fp32_pred == int8_pred).mean()), 5),
+        "validation_agreement": round(float((predicted["fp32"] == predicted["int8"]).mean()), 5),
         "fp32": fp32,
         "int8": int8,
+        **measured,
     }
     progress.info(f"quantize: {params.approach} INT8 validation accuracy {int8['validation_accuracy']:.4f} "
                   f"(FP32 {fp32['validation_accuracy']:.4f}), {out_path.stat().st_size / 1e6:.1f} MB, "
                   f"p50 {int8['latency_p50_ms']:.2f} ms (FP32 {fp32['latency_p50_ms']:.2f} ms)")
     if params.baseline:
-        with tempfile.TemporaryDirectory(prefix="ort-quant-") as scratch:
-            baseline_path = Path(scratch) / "model.onnx"
-            ort_dynamic_baseline(model_path, baseline_path)
-            _, baseline = measure(onnx_session(baseline_path), val_ids, val_labels, timed)
-            baseline["size_bytes"] = baseline_path.stat().st_size
-        metrics["ort_quantize_dynamic"] = baseline
+        baseline = metrics["ort_quantize_dynamic"]
         progress.info(f"quantize: baseline onnxruntime quantize_dynamic validation accuracy "
                       f"{baseline['validation_accuracy']:.4f}, p50 {baseline['latency_p50_ms']:.2f} ms")
     return metrics

@@ -1,5 +1,12 @@
 """Running a predictor, PyTorch or ONNX Runtime alike: batched predictions, and
-batch-1 latency (how a service answering single requests sees a model)."""
+batch-1 latency (how a service answering single requests sees a model).
+
+Batch-1 latency of a sub-millisecond model on a shared 2-core VM drifts by 2x from
+one minute to the next. Models compared with each other are therefore timed in turns
+(`interleaved_latency_ms`): every round times each model once over the same
+sentences, and each model reports the median of its rounds, so a slow spell
+lands on all of them instead of on whichever was measured during it.
+"""
 
 from __future__ import annotations
 
@@ -37,3 +44,15 @@ def batch1_latency_ms(predict: Predict, sentences: list[np.ndarray], warmup: int
         predict(ids, mask)
         timings.append((time.perf_counter() - started) * 1000)
     return {"latency_p50_ms": round(float(np.percentile(timings, 50)), 3), "latency_p95_ms": round(float(np.percentile(timings, 95)), 3)}
+
+
+def interleaved_latency_ms(predictors: dict[str, Predict], sentences: list[np.ndarray], rounds: int, warmup: int) -> dict[str, dict]:
+    """`batch1_latency_ms` of each predictor, in `rounds` turns; the median round, and every round's p50."""
+    measured: dict[str, list[dict]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            measured[name].append(batch1_latency_ms(predict, sentences, warmup))
+    return {name: {"latency_p50_ms": round(float(np.median([r["latency_p50_ms"] for r in runs])), 3),
+                   "latency_p95_ms": round(float(np.median([r["latency_p95_ms"] for r in runs])), 3),
+                   "latency_p50_rounds_ms": [r["latency_p50_ms"] for r in runs]}
+            for name, runs in measured.items()}

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from artifacts.store import ArtifactStore
 from conftest import OFFLINE, REPO, store_copy
 
@@ -34,6 +36,7 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     for name, row in models.items():
         assert 0 <= row["accuracy"] <= 1 and row["latency_p50_ms"] > 0 and row["throughput_batch32"] > 0
         assert row["speedup_p50"] == round(base["latency_p50_ms"] / row["latency_p50_ms"], 2)
+        assert len(row["latency_p50_rounds_ms"]) == result["latency_rounds"] == 2  # timed in turns, --quick: 2 rounds
     for int8 in ("student INT8 (INC)", "student QAT INT8 (INC QAT, QDQ)"):
         assert models[int8]["size_bytes"] < 0.6 * models["student FP32 ONNX"]["size_bytes"]
     # The INC student is the run's own model, read through its alias.
@@ -48,3 +51,10 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     again = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams())
     assert "building" not in capsys.readouterr().out
     assert {name: ref.digest for name, ref in again.items()} == result["artifacts"]
+    # --int8 starts from a given INT8 student, by digest or alias, and refuses anything else.
+    by_digest = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams(), result["artifacts"]["student_int8"])
+    assert {name: ref.digest for name, ref in by_digest.items()} == result["artifacts"]
+    with pytest.raises(SystemExit, match="neither an alias nor a full artifact digest"):
+        compare.int8_student(ArtifactStore(store), "emotion", "emotion/nothing")
+    with pytest.raises(SystemExit, match="made by stage 'fine_tune_teacher'"):
+        compare.int8_student(ArtifactStore(store), "emotion", result["artifacts"]["teacher"])

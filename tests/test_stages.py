@@ -16,7 +16,7 @@ from tasks.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
 from tasks.export import onnx_logits, onnx_session
 from tasks.models import load_classifier, load_config, load_trained
-from tasks.timing import predictions
+from tasks.timing import interleaved_latency_ms, predictions
 from tasks.tokenize import read_tokens
 
 
@@ -164,6 +164,24 @@ def test_onnx_export_matches_pytorch_at_any_batch_and_length(pipeline):
     assert store.manifest(refs["onnx"])["metrics"]["parity_max_abs_diff"] < 1e-4
 
 
+def test_onnx_export_fuses_each_layer_into_onnxruntime_transformer_kernels(pipeline):
+    store, refs = pipeline
+    layers = load_config(str(store.open(refs["student"]) / "model")).num_hidden_layers
+    fused_graph = onnx.load(str(store.open(refs["onnx"]) / "model.onnx")).graph
+    fused_ops = [node.op_type for node in fused_graph.node]
+    assert fused_ops.count("Attention") == layers and fused_ops.count("EmbedLayerNormalization") == 1
+    assert store.manifest(refs["onnx"])["metrics"]["fused_ops"]["Attention"] == layers
+    plain = run_stage(export.STAGE, export.ExportParams(fuse=False), {"model": refs["student"], "tokens": refs["tokens"]}, store)
+    plain_graph = onnx.load(str(store.open(plain) / "model.onnx")).graph
+    assert "Attention" not in {node.op_type for node in plain_graph.node}
+    assert len(fused_graph.node) < 0.5 * len(plain_graph.node)
+    # Same model either way: both graphs give the same logits on a padded batch.
+    ids, _ = read_tokens(store.open(refs["tokens"]), "test")
+    input_ids, mask = (t.numpy() for t in pad(ids, range(24)))
+    logits = [onnx_logits(onnx_session(store.open(ref) / "model.onnx"), input_ids, mask) for ref in (refs["onnx"], plain)]
+    assert np.abs(logits[0] - logits[1]).max() < 1e-4
+
+
 @pytest.mark.parametrize("approach,fmt", [("dynamic", None), ("static", "QOperator"), ("static", "QDQ")])
 def test_inc_quantization_gives_a_smaller_int8_model_that_agrees(pipeline, approach, fmt):
     store, refs = pipeline
@@ -193,6 +211,23 @@ def test_inc_returning_none_is_a_clear_failure(pipeline, monkeypatch):
         run_stage(quantize.STAGE, quantize.QuantizeParams(approach="static", calibration_samples=16),
                   {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
     assert store.digests() == before
+
+
+def test_models_are_timed_in_turns_and_report_their_median_round():
+    calls = []
+
+    def predictor(name):
+        def predict(ids, mask):
+            calls.append(name)
+            return np.zeros((len(ids), 2))
+        return predict
+
+    sentences = [np.arange(5), np.arange(7), np.arange(3)]
+    latency = interleaved_latency_ms({"a": predictor("a"), "b": predictor("b")}, sentences, rounds=3, warmup=1)
+    assert calls == (["a"] * 4 + ["b"] * 4) * 3  # one warm-up and three timed calls per model per round
+    for m in latency.values():
+        assert len(m["latency_p50_rounds_ms"]) == 3
+        assert m["latency_p50_ms"] == sorted(m["latency_p50_rounds_ms"])[1]
 
 
 def test_ort_baseline_is_measured_beside_inc_on_the_same_sentences(pipeline):
@@ -253,13 +288,14 @@ def test_metric_module_against_hand_computed_values():
 def test_evaluate_reports_quality_speed_and_size_for_three_models(pipeline):
     store, refs = pipeline
     int8 = run_stage(quantize.STAGE, quantize.QuantizeParams(), {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
-    report = run_stage(evaluate.STAGE, evaluate.EvaluateParams(latency_sentences=20, warmup=2),
+    report = run_stage(evaluate.STAGE, evaluate.EvaluateParams(latency_sentences=20, warmup=2, rounds=2),
                        {"tokens": refs["tokens"], "teacher": refs["teacher"], "student": refs["student"], "student_int8": int8}, store)
     metrics = json.loads((store.open(report) / "metrics.json").read_text())
     assert set(metrics["models"]) == {"teacher", "student", "student_int8"}
     for m in metrics["models"].values():
         assert sum(map(sum, m["confusion_matrix"])) == 100 == metrics["test_rows"]
         assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+        assert len(m["latency_p50_rounds_ms"]) == 2 and min(m["latency_p50_rounds_ms"]) <= m["latency_p50_ms"]
         assert len(m["per_class_f1"]) == 6 and 0 <= m["macro_f1"] <= 1
     assert metrics["models"]["student_int8"]["size_bytes"] < metrics["models"]["student"]["size_bytes"]
 
