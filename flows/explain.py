@@ -1,21 +1,25 @@
 """Why each stage would, or would not, rerun (`python -m artifacts explain`).
 
-For every stage it takes the artifact the workload made last (following the
-`<workload>/latest` alias up its lineage), works out the key the next run would use
-from the same upstream artifacts, and names every input that differs: a parameter,
-a code module, a library version, a source file, or an upstream stage that reruns.
+It walks the pipeline's own DAG (`flows.pipeline.run_dag`) without running anything:
+each stage's cache key is worked out from its parameters, code and the artifacts its
+upstream stages would hand it, and looked up among the store's cache records, as
+the real run does. A stage is cached when that record holds a sound artifact, even
+one an earlier run than the latest made. Otherwise the stage would run, and explain
+names what differs from the artifact the workload's latest run made (found by
+following the `<workload>/latest` alias up its lineage): a parameter, a code
+module, a library version, a source file, an upstream artifact, or an upstream
+stage that reruns.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-from artifacts.keys import cache_key
 from artifacts.lineage import entries
 from artifacts.records import RecordError, read_record
+from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
-from flows.config import SECTIONS
-from flows.pipeline import STAGES, resolve
+from flows.pipeline import resolve, run_dag
 
 
 def last_manifests(store: ArtifactStore, name: str) -> dict[str, dict]:
@@ -57,41 +61,68 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class WouldRun(NamedTuple):
+    """What a stage that would recompute hands downstream: no artifact yet."""
+
+    stage: str
+
+
+NULL_DIGEST = "0" * 64
+
+
+def cached_artifact(store: ArtifactStore, key: str) -> tuple[ArtifactRef | None, str]:
+    """The sound artifact the record for `key` points to, or None and why not."""
+    try:
+        ref = read_record(store, key)
+    except FileNotFoundError:
+        return None, "no cache record for these inputs"
+    except RecordError as exc:
+        return None, str(exc)
+    problem = store.verify(ref).problem
+    return (None, f"its artifact {ref.short} is damaged ({problem})") if problem else (ref, "")
+
+
+def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, manifest: dict) -> list[str]:
+    """What differs between this run's inputs to `stage` and those of the artifact it made last."""
+    upstream = manifest["upstream"]
+    # An input the stage reads now but did not when it made that artifact (a stage
+    # added upstream since) stands in with a null digest, so the other differences
+    # can still be listed.
+    new_inputs = [name for name in stage.inputs if name not in upstream]
+    known = {name: ref if isinstance(ref, ArtifactRef) else ArtifactRef(kind="?", digest=upstream.get(name, NULL_DIGEST))
+             for name, ref in inputs.items()}
+    material = stage.key_material(params, known)
+    reasons = [f"it now also reads {name!r}, which its artifact was made without" for name in new_inputs]
+    reasons += [f"upstream {ref.stage} reruns" for ref in inputs.values() if isinstance(ref, WouldRun)]
+    reasons += [f"upstream {name}: artifact {upstream[name][:12]} -> {ref.digest[:12]}" for name, ref in inputs.items()
+                if isinstance(ref, ArtifactRef) and name in upstream and upstream[name] != ref.digest]
+    reasons += _changes(manifest["params"], material["params"].model_dump(mode="json"), "parameter")
+    reasons += _changes(manifest["code"], material["code"], "code")
+    reasons += _changes(manifest["versions"], material["versions"], "library")
+    reasons += _changes(manifest["extra"], material["extra"], "input")
+    return reasons
+
+
 def explain(store: ArtifactStore, workload: str, data: str | None, smoke: bool, overrides: dict) -> list[str]:
     config, _ = resolve(workload, data, smoke, overrides, store.root)
     last = last_manifests(store, config.name)
-    producers = {m["digest"]: stage for stage, m in last.items()}
-    reruns: set[str] = set()
     lines = []
-    for stage in STAGES:
-        section = next(s for s in SECTIONS if isinstance(getattr(config, s), stage.params))
+
+    def dry_run(stage: Stage, params: Any, **inputs: ArtifactRef | WouldRun) -> ArtifactRef | WouldRun:
         manifest = last.get(stage.name)
+        problem = "an upstream stage reruns"
+        if not any(isinstance(ref, WouldRun) for ref in inputs.values()):
+            ref, problem = cached_artifact(store, stage.key(params, inputs))
+            if ref is not None:
+                earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
+                lines.append(f"{stage.name}: cached (artifact {ref.short}{earlier})")
+                return ref
         if manifest is None:
-            reruns.add(stage.name)
             lines.append(f"{stage.name}: would run (no earlier artifact for workload {config.name!r})")
-            continue
-        inputs = {name: ArtifactRef(kind=store.manifest(d)["kind"] if store.verify(d).ok else "missing", digest=d)
-                  for name, d in manifest["upstream"].items()}
-        material = stage.key_material(getattr(config, section), inputs)
-        reasons = [f"upstream {producers[d]} reruns" for d in manifest["upstream"].values() if producers.get(d) in reruns]
-        reasons += _changes(manifest["params"], material["params"].model_dump(mode="json"), "parameter")
-        reasons += _changes(manifest["code"], material["code"], "code")
-        reasons += _changes(manifest["versions"], material["versions"], "library")
-        reasons += _changes(manifest["extra"], material["extra"], "input")
-        if not reasons:
-            key = cache_key(**material)
-            try:
-                ref = read_record(store, key)
-                problem = store.verify(ref).problem
-            except FileNotFoundError:
-                problem = "its cache record is gone"
-            except RecordError as exc:
-                problem = str(exc)
-            if problem:
-                reasons.append(problem)
-        if reasons:
-            reruns.add(stage.name)
-            lines.append(f"{stage.name}: would run: " + "; ".join(reasons))
         else:
-            lines.append(f"{stage.name}: cached (artifact {manifest['digest'][:12]})")
+            reasons = _reasons(store, stage, params, inputs, manifest) or [problem]
+            lines.append(f"{stage.name}: would run: " + "; ".join(reasons))
+        return WouldRun(stage.name)
+
+    run_dag(config, dry_run)
     return lines

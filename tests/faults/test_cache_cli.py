@@ -79,3 +79,25 @@ def test_explain_names_what_changed(cold, tmp_path):
     assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize", "fine_tune_teacher", "distil_student", "export_onnx"))
     record = next((store / "records").iterdir())
     json.loads(record.read_text())  # records are plain JSON
+
+
+
+def test_explain_names_an_input_a_stage_gained_since_its_artifact(cold, monkeypatch):
+    # Stores made before a stage was added upstream (the augmentation stage, for one)
+    # hold artifacts whose manifests lack that input; explain says so instead of failing.
+    from flows import explain
+
+    def without_augmented(store, name):
+        manifests = last_manifests(store, name)
+        manifests["distil_student"] = {**manifests["distil_student"], "upstream": {
+            k: v for k, v in manifests["distil_student"]["upstream"].items() if k != "augmented"}}
+        return manifests
+
+    last_manifests = explain.last_manifests
+    monkeypatch.setattr(explain, "last_manifests", without_augmented)
+    lines = dict(line.split(": ", 1) for line in explain.explain(ArtifactStore(str(cold[0])), "emotion", cold[1][2], True,
+                                                                 {"student": {"seed": 7}}))
+    assert lines["distil_student"] == ("would run: it now also reads 'augmented', which its artifact was made without; "
+                                       "parameter seed: 42 -> 7")
+    assert lines["export_onnx"].startswith("would run: upstream distil_student reruns")
+    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize", "fine_tune_teacher", "augment_data"))
