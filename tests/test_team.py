@@ -4,6 +4,7 @@ process workers, all started and stopped by deployments/stack.sh, on loopback po
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -53,10 +54,14 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
     for stage in STAGE_NAMES:
         states = sorted(r["tasks"][stage] for r in flow_runs)
         assert states == ["Cached", "Completed"], (stage, states)
-    # each worker (own working folder, own PREFECT_HOME) ran one of them
+    # each worker (own working folder, own PREFECT_HOME) ran one of them, on its share
+    # of the machine's cores: its flow runs inherit OMP_NUM_THREADS, which torch obeys
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
     for worker in ("worker-1", "worker-2"):
         log = (stack["dir"] / "logs" / f"{worker}.log").read_text()
         assert sum(r["id"] in log for r in flow_runs) == 1, worker
+        pid = (stack["dir"] / "pids" / f"{worker}.pid").read_text().strip()
+        assert f"OMP_NUM_THREADS={share}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"), worker
 
     third = deployment_run(stack, "smoke=true")
     assert third.communicate(timeout=600)[0] and third.returncode == 0
