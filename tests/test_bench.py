@@ -58,3 +58,20 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
         compare.int8_student(ArtifactStore(store), "emotion", "emotion/nothing")
     with pytest.raises(SystemExit, match="made by stage 'fine_tune_teacher'"):
         compare.int8_student(ArtifactStore(store), "emotion", result["artifacts"]["teacher"])
+
+
+def test_fusion_bench_measures_plain_and_fused_graphs_of_both_models(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    out = subprocess.run([sys.executable, "bench/fusion.py", "--store", str(store), "--quick", "--out", str(tmp_path / "fusion.json")],
+                         cwd=REPO, env={**os.environ, **OFFLINE, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    models = json.loads((tmp_path / "fusion.json").read_text())["models"]
+    assert len(models) == 8
+    for model in ("teacher", "student"):
+        for precision in ("FP32 ONNX", "INT8 (INC)"):
+            plain, fused = models[f"{model} {precision}, plain"], models[f"{model} {precision}, fused"]
+            assert fused["nodes"] < 0.5 * plain["nodes"]
+            assert len(fused["latency_p50_rounds_ms"]) == 2 and fused["latency_p50_ms"] > 0
+        # FP32 fusion changes no prediction: the fused kernels compute the same function
+        assert models[f"{model} FP32 ONNX, plain"]["accuracy"] == models[f"{model} FP32 ONNX, fused"]["accuracy"]
+    assert "| student INT8 (INC), fused |" in (tmp_path / "fusion.md").read_text()

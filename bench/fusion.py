@@ -1,0 +1,98 @@
+"""Does fusing the ONNX graph pay? The same teacher and student, exported plain and
+fused (onnxruntime's transformer kernels, `export_onnx --fuse`), each in FP32 and INC
+INT8, measured in one process and timed in turns.
+
+    python bench/fusion.py --store .distillery --workload emotion [--int8 ALIAS|DIGEST] [--quick]
+
+Starts, like compare.py, from the workload's latest INT8 student and follows its
+lineage to the student and teacher models; builds (or reuses by cache key) both
+exports and both INT8 models of each with the run's own export and quantize
+parameters. Prints and writes a markdown table and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from artifacts.store import ArtifactStore  # noqa: E402
+from bench.compare import cached_or_run, int8_student, quality, ref_of  # noqa: E402
+from tasks import export, quantize  # noqa: E402
+from tasks.evaluate import onnx_predictor  # noqa: E402
+from tasks.timing import interleaved_latency_ms  # noqa: E402
+from tasks.tokenize import read_tokens  # noqa: E402
+
+
+def variants(store: ArtifactStore, workload: str, start: str | None) -> dict[str, Path]:
+    int8 = store.manifest(int8_student(store, workload, start))
+    onnx = store.manifest(int8["upstream"]["onnx"])
+    tokens = ref_of(store, int8["upstream"]["tokens"])
+    student = ref_of(store, onnx["upstream"]["model"])
+    models = {"teacher": ref_of(store, store.manifest(student)["upstream"]["teacher"]), "student": student}
+    quantize_params = quantize.QuantizeParams.model_validate(int8["params"])
+    folders = {}
+    for name, model in models.items():
+        for fuse in (False, True):
+            graph = "fused" if fuse else "plain"
+            export_params = export.ExportParams.model_validate({**onnx["params"], "fuse": fuse})
+            fp32 = cached_or_run(store, export.STAGE, export_params, {"model": model, "tokens": tokens}, f"{workload}/fusion/{name}-{graph}")
+            int8_ref = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": fp32, "tokens": tokens}, f"{workload}/fusion/{name}-{graph}-int8")
+            folders[f"{name} FP32 ONNX, {graph}"] = store.open(fp32)
+            folders[f"{name} INT8 (INC), {graph}"] = store.open(int8_ref)
+    folders["tokens"] = store.open(tokens)
+    return folders
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
+    parser.add_argument("--workload", default="emotion")
+    parser.add_argument("--int8", help="the INT8 student to start from: an alias or a digest (default: <workload>/latest)")
+    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 2 rounds")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/fusion-<workload>.json)")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    store = ArtifactStore(args.store)
+    folders = variants(store, args.workload, args.int8)
+    test_ids, test_labels = read_tokens(folders.pop("tokens"), "test")
+    classes = int(test_labels.max()) + 1
+    rng = np.random.default_rng(0)
+    if args.quick:
+        test_ids = test_ids[:500]
+        test_labels = test_labels[:500]
+    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if args.quick else 300, len(test_ids)), replace=False)]
+    rounds = 2 if args.quick else 5
+    predictors = {name: onnx_predictor(folder, args.threads) for name, folder in folders.items()}
+    rows = {name: {**quality(predict, test_ids, test_labels, classes), "size_bytes": size} for name, (predict, size) in predictors.items()}
+    latency = interleaved_latency_ms({name: predict for name, (predict, _) in predictors.items()}, timed, rounds, warmup=10)
+    lines = [f"{args.workload}: {len(test_ids)} test sentences, batch-1 latency over {len(timed)}, every model timed in turns, "
+             f"median of {rounds} rounds; {args.threads} threads.", "",
+             "| model | graph nodes | accuracy | macro-F1 | p50 ms | p50 range | p95 ms | MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        row.update(latency[name])
+        row["nodes"] = len(onnx.load(str(folders[name] / "model.onnx"), load_external_data=False).graph.node)
+        rounds_ms = row["latency_p50_rounds_ms"]
+        lines.append(f"| {name} | {row['nodes']} | {row['accuracy']:.2%} | {row['macro_f1']:.4f} | {row['latency_p50_ms']:.2f} | "
+                     f"{min(rounds_ms):.2f}–{max(rounds_ms):.2f} | {row['latency_p95_ms']:.2f} | {row['size_bytes'] / 1e6:.1f} |")
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    out = args.out or REPO / "bench" / "results" / f"fusion-{args.workload}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"workload": args.workload, "threads": args.threads, "rounds": rounds, "models": rows}, indent=2))
+    out.with_suffix(".md").write_text(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
