@@ -65,7 +65,7 @@ def main() -> int:
     store = ArtifactStore(args.store)
     folders = variants(store, args.workload, args.int8)
     test_ids, test_labels = read_tokens(folders.pop("tokens"), "test")
-    classes = int(test_labels.max()) + 1
+    classes = len(json.loads((folders["student FP32 ONNX, plain"] / "config.json").read_text())["id2label"])
     rng = np.random.default_rng(0)
     if args.quick:
         test_ids = test_ids[:500]
