@@ -119,6 +119,17 @@ def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 
     return round(len(sequences) / (time.perf_counter() - started), 1)
 
 
+def evaluation_sentences(tokens: Path, quick: bool) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """The test split (a seeded 500 with `quick`), its labels, and the sentences timed at batch 1."""
+    test_ids, test_labels = read_tokens(tokens, "test")
+    rng = np.random.default_rng(0)
+    if quick:
+        pick = np.sort(rng.choice(len(test_ids), size=min(500, len(test_ids)), replace=False))
+        test_ids, test_labels = [test_ids[i] for i in pick], test_labels[pick]
+    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if quick else 300, len(test_ids)), replace=False)]
+    return test_ids, test_labels, timed
+
+
 def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_params: qat.QATParams,
             rounds: int, start: str | None = None) -> dict:
     import torch
@@ -126,13 +137,8 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_
     torch.set_num_threads(threads)
     refs = lineage(store, workload, qat_params, start)
     folder = {name: store.open(ref) for name, ref in refs.items()}
-    test_ids, test_labels = read_tokens(folder["tokens"], "test")
+    test_ids, test_labels, timed = evaluation_sentences(folder["tokens"], quick)
     names = json.loads((folder["tokens"] / "labels.json").read_text())["names"]
-    rng = np.random.default_rng(0)
-    if quick:
-        pick = np.sort(rng.choice(len(test_ids), size=min(500, len(test_ids)), replace=False))
-        test_ids, test_labels = [test_ids[i] for i in pick], test_labels[pick]
-    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if quick else 300, len(test_ids)), replace=False)]
     stream = test_ids[: 320 if quick else len(test_ids)]
     with tempfile.TemporaryDirectory(prefix="ort-baseline-") as scratch:
         baseline_path = Path(scratch) / "model.onnx"

@@ -18,18 +18,16 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from artifacts.store import ArtifactStore  # noqa: E402
-from bench.compare import cached_or_run, int8_student, quality, ref_of  # noqa: E402
+from bench.compare import cached_or_run, int8_student, quality, ref_of, evaluation_sentences  # noqa: E402
 from tasks import export, quantize  # noqa: E402
 from tasks.evaluate import onnx_predictor  # noqa: E402
 from tasks.timing import interleaved_latency_ms  # noqa: E402
-from tasks.tokenize import read_tokens  # noqa: E402
 
 
 def variants(store: ArtifactStore, workload: str, start: str | None) -> dict[str, Path]:
@@ -57,20 +55,15 @@ def main() -> int:
     parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
     parser.add_argument("--workload", default="emotion")
     parser.add_argument("--int8", help="the INT8 student to start from: an alias or a digest (default: <workload>/latest)")
-    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 2 rounds (as compare.py --quick)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/fusion-<workload>.json)")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     store = ArtifactStore(args.store)
     folders = variants(store, args.workload, args.int8)
-    test_ids, test_labels = read_tokens(folders.pop("tokens"), "test")
+    test_ids, test_labels, timed = evaluation_sentences(folders.pop("tokens"), args.quick)
     classes = len(json.loads((folders["student FP32 ONNX, plain"] / "config.json").read_text())["id2label"])
-    rng = np.random.default_rng(0)
-    if args.quick:
-        test_ids = test_ids[:500]
-        test_labels = test_labels[:500]
-    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if args.quick else 300, len(test_ids)), replace=False)]
     rounds = 2 if args.quick else 5
     predictors = {name: onnx_predictor(folder, args.threads) for name, folder in folders.items()}
     rows = {name: {**quality(predict, test_ids, test_labels, classes), "size_bytes": size} for name, (predict, size) in predictors.items()}
