@@ -81,6 +81,16 @@ def int8_student(store: ArtifactStore, workload: str, start: str | None) -> Arti
     return ref
 
 
+def export_params_of(store: ArtifactStore, onnx: ArtifactRef | str) -> export.ExportParams:
+    """The parameters an ONNX artifact was exported with.
+
+    Content addressing keeps an artifact's first manifest, so a plain graph exported
+    today can carry a manifest from before `fuse` existed. Such exports were all plain:
+    a missing `fuse` means False, not today's default.
+    """
+    return export.ExportParams.model_validate({"fuse": False, **store.manifest(onnx)["params"]})
+
+
 def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams, start: str | None = None) -> dict[str, ArtifactRef]:
     int8 = int8_student(store, workload, start)
     quantized = store.manifest(int8)
@@ -88,7 +98,7 @@ def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams, star
     student = ref_of(store, store.manifest(onnx)["upstream"]["model"])
     teacher = ref_of(store, store.manifest(student)["upstream"]["teacher"])
     tokens = ref_of(store, quantized["upstream"]["tokens"])
-    export_params = export.ExportParams.model_validate(store.manifest(onnx)["params"])
+    export_params = export_params_of(store, onnx)
     quantize_params = quantize.QuantizeParams.model_validate(quantized["params"])
     teacher_onnx = cached_or_run(store, export.STAGE, export_params, {"model": teacher, "tokens": tokens}, f"{workload}/compare/teacher-onnx")
     teacher_int8 = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": teacher_onnx, "tokens": tokens},

@@ -58,6 +58,15 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
         compare.int8_student(ArtifactStore(store), "emotion", "emotion/nothing")
     with pytest.raises(SystemExit, match="made by stage 'fine_tune_teacher'"):
         compare.int8_student(ArtifactStore(store), "emotion", result["artifacts"]["teacher"])
+    # The teacher is exported like the student's graph: a manifest from before `fuse`
+    # existed (content addressing keeps the first one) describes a plain export.
+    student_onnx = result["artifacts"]["student_onnx"]
+    assert compare.export_params_of(ArtifactStore(store), student_onnx).fuse is True
+    manifest_path = store / "objects" / student_onnx / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["params"]["fuse"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert compare.export_params_of(ArtifactStore(store), student_onnx).fuse is False
 
 
 def test_fusion_bench_measures_plain_and_fused_graphs_of_both_models(cold, tmp_path):
