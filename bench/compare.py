@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
+from bench.machine import machine, machine_line  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import pad  # noqa: E402
 from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
@@ -176,7 +177,7 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_
         row["speedup_p50"] = round(base["latency_p50_ms"] / row["latency_p50_ms"], 2)
         row["throughput_ratio"] = round(row["throughput_batch32"] / base["throughput_batch32"], 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
-    return {"workload": workload, "quick": quick, "threads": threads, "test_sentences": len(test_ids),
+    return {"workload": workload, "machine": machine(), "quick": quick, "threads": threads, "test_sentences": len(test_ids),
             "timed_sentences": len(timed), "latency_rounds": rounds, "throughput_sentences": len(stream),
             "qat": qat_params.model_dump(), "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows}
 
@@ -185,7 +186,7 @@ def markdown(result: dict) -> str:
     lines = [f"{result['workload']}: {result['test_sentences']} test sentences; batch-1 latency over "
              f"{result['timed_sentences']}, every model timed in turns, median of {result['latency_rounds']} rounds "
              f"(p50 range: fastest to slowest round); throughput over {result['throughput_sentences']}; "
-             f"{result['threads']} threads.", "",
+             f"{result['threads']} threads. {machine_line(result['machine'])}.", "",
              "| model | accuracy | macro-F1 | p50 ms | p50 range | p95 ms | batch-32 sent/s | MB | faster (p50) | throughput | smaller |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["models"].items():

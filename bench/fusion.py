@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from artifacts.store import ArtifactStore  # noqa: E402
+from bench.machine import machine, machine_line  # noqa: E402
 from bench.compare import cached_or_run, int8_student, quality, ref_of, evaluation_sentences  # noqa: E402
 from tasks import export, quantize  # noqa: E402
 from tasks.evaluate import onnx_predictor  # noqa: E402
@@ -68,8 +69,9 @@ def main() -> int:
     predictors = {name: onnx_predictor(folder, args.threads) for name, folder in folders.items()}
     rows = {name: {**quality(predict, test_ids, test_labels, classes), "size_bytes": size} for name, (predict, size) in predictors.items()}
     latency = interleaved_latency_ms({name: predict for name, (predict, _) in predictors.items()}, timed, rounds, warmup=10)
+    host = machine()
     lines = [f"{args.workload}: {len(test_ids)} test sentences, batch-1 latency over {len(timed)}, every model timed in turns, "
-             f"median of {rounds} rounds; {args.threads} threads.", "",
+             f"median of {rounds} rounds; {args.threads} threads. {machine_line(host)}.", "",
              "| model | graph nodes | accuracy | macro-F1 | p50 ms | p50 range | p95 ms | MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         row.update(latency[name])
@@ -81,7 +83,7 @@ def main() -> int:
     print("\n" + table)
     out = args.out or REPO / "bench" / "results" / f"fusion-{args.workload}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"workload": args.workload, "threads": args.threads, "rounds": rounds, "models": rows}, indent=2))
+    out.write_text(json.dumps({"workload": args.workload, "machine": host, "threads": args.threads, "rounds": rounds, "models": rows}, indent=2))
     out.with_suffix(".md").write_text(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

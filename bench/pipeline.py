@@ -22,10 +22,8 @@ Prints ratios and writes JSON (--out).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,24 +34,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine, machine_line  # noqa: E402
+
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRANSFORMERS_VERBOSITY": "error", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
            "PREFECT_LOGGING_LEVEL": "WARNING", "DISTILLERY_PROGRESS_BAR": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 QUANTIZE_CHANGE = {"quantize": {"approach": "static"}}
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next((int(line.split()[1]) // 1024 // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), None)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "commit": commit or "unknown",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def timed(fn, *args, **kwargs):
@@ -202,9 +189,7 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
 
 
 def print_tables(results: dict) -> None:
-    m = results["machine"]
-    print(f"\nMachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch threads {m['torch_threads']}; "
-          f"commit {m['commit']}, {m['date']}")
+    print("\n" + machine_line(results["machine"]))
     print(f"Temporary Prefect server start (once, outside the runs): {results['server_start_seconds']:.1f} s\n")
     print(f"{'preset':<7} {'cold flow':>10} {'plain calls':>12} {'overhead':>9} {'cached flow':>12} {'cached/cold':>12} "
           f"{'laptop cmd':>11} {'quant change':>13} {'qc/cold':>8} {'artifacts differ':>15}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from artifacts.store import ArtifactStore
+from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import OFFLINE, REPO, store_copy
 
 
@@ -43,6 +44,7 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     assert result["artifacts"]["student_int8"] == cold[2].summary["stages"]["quantize"]["artifact"]
     table = (tmp_path / "compare.md").read_text()
     assert all(f"| {name} |" in table for name in models)
+    assert result["machine"]["cores"] == os.cpu_count() and f"{os.cpu_count()} cores" in table.splitlines()[0]
     # A second comparison finds the teacher's ONNX and INT8 models and the QAT student
     # by their cache keys instead of rebuilding them.
     spec = importlib.util.spec_from_file_location("compare", REPO / "bench" / "compare.py")
