@@ -86,3 +86,49 @@ def test_fusion_bench_measures_plain_and_fused_graphs_of_both_models(cold, tmp_p
         # FP32 fusion changes no prediction: the fused kernels compute the same function
         assert models[f"{model} FP32 ONNX, plain"]["accuracy"] == models[f"{model} FP32 ONNX, fused"]["accuracy"]
     assert "| student INT8 (INC), fused |" in (tmp_path / "fusion.md").read_text()
+
+
+def test_ceiling_measures_every_teacher_their_ensemble_and_their_students(cold, tmp_path):
+    from artifacts.stage import Progress, run_stage
+    from flows.presets import build_config, emotion
+    from tasks import teacher
+    from tasks.evaluate import torch_predictor
+    from tasks.timing import predictions
+    from tasks.tokenize import read_tokens
+
+    spec = importlib.util.spec_from_file_location("ceiling", REPO / "bench" / "ceiling.py")
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    store = ArtifactStore(store_copy(cold, tmp_path))
+    stages = cold[2].summary["stages"]
+    tokens = store.manifest(stages["quantize"]["artifact"])["upstream"]["tokens"]
+    # A second teacher on the same tokens: another seed of the smoke run's teacher.
+    smoke_teacher = build_config(emotion(), smoke=True).teacher.model_copy(update={"seed": 7})
+    second = run_stage(teacher.STAGE, smoke_teacher, {"tokens": ArtifactRef(kind="dataset", digest=tokens)},
+                       store, Progress(lambda message: None, bar=False))
+    # A rerun under changed code that trained the same weights (only its log differs)
+    # is the same model: one row, not two.
+    student = stages["distil_student"]["artifact"]
+    rerun = tmp_path / "rerun"
+    shutil.copytree(store.open(ceiling.ref_of(store, student)), rerun, ignore=shutil.ignore_patterns("manifest.json"))
+    (rerun / "student.json").write_text(json.dumps({"rerun": True}))
+    first_manifest = store.manifest(student)
+    assert store.publish(rerun, "model", {k: v for k, v in first_manifest.items()
+                                          if k not in ("kind", "digest", "files", "sizes", "published")}).digest != student
+    result = ceiling.ceiling(store, "emotion", None, quick=False)
+    assert result["teachers"] == [stages["fine_tune_teacher"]["artifact"], second.digest]
+    assert result["students"] == [stages["distil_student"]["artifact"]]
+    names = list(result["models"])
+    assert len(names) == 4 and names[2] == "ensemble of the 2 teachers (mean logits)"
+    assert names[0].startswith(f"teacher {stages['fine_tune_teacher']['artifact'][:8]} (learning_rate ")
+    assert names[3].startswith(f"student of {stages['fine_tune_teacher']['artifact'][:8]}")
+    # The run's own evaluate stage measured the same teacher and student on the same test split.
+    for name, model in ((names[0], "teacher"), (names[3], "student")):
+        assert result["models"][name]["test"]["accuracy"] == round(cold[2].summary["metrics"][model]["accuracy"], 5)
+    # The ensemble predicts the argmax of the two teachers' summed logits.
+    first_predict, second_predict = (torch_predictor(store.open(ceiling.ref_of(store, d)))[0] for d in result["teachers"])
+    ids, labels = read_tokens(store.open(ceiling.ref_of(store, tokens)), "test")
+    summed = predictions(lambda i, m: first_predict(i, m) + second_predict(i, m), ids)
+    assert result["models"][names[2]]["test"]["accuracy"] == round(float((summed == labels).mean()), 5)
+    table = ceiling.markdown(result)
+    assert table.count("\n| ") == 5 and "| ensemble of the 2 teachers (mean logits) |" in table
