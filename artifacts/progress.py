@@ -69,10 +69,11 @@ class Progress:
             return
         self._last_log = now
         elapsed = now - started
-        eta = elapsed / done * (total - done) if done else float("nan")
+        # The first step sets the clock, so it has no pace yet: "eta 0s" there read as a fact.
+        eta = f"{elapsed / done * (total - done):.0f}s" if done and elapsed > 0 else "unknown"
         extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
         self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
-                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s".replace("  ", " "))
+                 f"elapsed {elapsed:.0f}s eta {eta}".replace("  ", " "))
 
     def _update_bar(self, label: str, done: int, total: int, stats: dict[str, float]) -> None:
         from tqdm import tqdm

@@ -102,6 +102,8 @@ def test_progress_bar_log_lines_and_fraction_reports():
     # Throttled: the first step and the last, nothing in between.
     assert fractions == [("fine_tune_teacher", 0.02), ("fine_tune_teacher", 1.0)]
     assert len(lines) == 2 and lines[-1].startswith("fine_tune_teacher: 50/50 (100%) loss 0.02")
+    # The first step has no pace to extrapolate from; the last has nothing left.
+    assert lines[0].endswith("elapsed 0s eta unknown") and lines[-1].endswith("eta 0s")
 
 
 def test_bar_only_on_a_terminal_unless_forced(monkeypatch):
