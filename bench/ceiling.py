@@ -14,9 +14,7 @@ validation and test split, accuracy and macro-F1, batched as everywhere else
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from artifacts.store import ArtifactStore  # noqa: E402
+from bench import command  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from bench.compare import int8_student, quality, ref_of  # noqa: E402
 from tasks.evaluate import torch_predictor  # noqa: E402
@@ -103,27 +102,13 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
-    parser.add_argument("--workload", default="emotion")
-    parser.add_argument("--int8", help="a run's INT8 student, whose tokens the models must share (default: <workload>/latest)")
-    parser.add_argument("--quick", action="store_true", help="the first 300 sentences of each split")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/ceiling-<workload>.json)")
-    args = parser.parse_args()
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = command.parser(__doc__, "ceiling", "a run's INT8 student, whose tokens the models must share",
+                          "the first 300 sentences of each split").parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     result = ceiling(ArtifactStore(args.store), args.workload, args.int8, args.quick)
-    table = markdown(result)
-    print("\n" + table)
-    out = args.out or REPO / "bench" / "results" / f"ceiling-{args.workload}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    command.write_results(result, markdown(result), "ceiling", args)
     return 0
 
 

@@ -22,9 +22,7 @@ Writes JSON and a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
+from bench import command  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import pad  # noqa: E402
@@ -198,31 +197,18 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
-    parser.add_argument("--workload", default="emotion")
-    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 320 for throughput")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/compare-<workload>.json)")
+    parser = command.parser(__doc__, "compare", "the INT8 student to start from: an alias or a digest",
+                            "500 test sentences, 100 timed, 320 for throughput")
     parser.add_argument("--qat-epochs", type=float, default=qat.QATParams().epochs, help="epochs of quantization-aware fine-tuning")
     parser.add_argument("--qat-learning-rate", type=float, default=qat.QATParams().learning_rate)
     parser.add_argument("--rounds", type=int, help="batch-1 latency rounds, every model timed once per round (default: 5; 2 with --quick)")
-    parser.add_argument("--int8", help="the INT8 student to start from: an alias or a digest (default: <workload>/latest)")
     args = parser.parse_args()
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     qat_params = qat.QATParams(epochs=args.qat_epochs, learning_rate=args.qat_learning_rate)
     rounds = args.rounds or (2 if args.quick else 5)
     if rounds < 1:
         parser.error("--rounds must be at least 1")
     result = compare(ArtifactStore(args.store), args.workload, args.quick, args.threads, qat_params, rounds, args.int8)
-    table = markdown(result)
-    print("\n" + table)
-    out = args.out or REPO / "bench" / "results" / f"compare-{args.workload}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    command.write_results(result, markdown(result), "compare", args)
     return 0
 
 

@@ -12,9 +12,7 @@ parameters. Prints and writes a markdown table and JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from artifacts.store import ArtifactStore  # noqa: E402
+from bench import command  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from bench.compare import cached_or_run, int8_student, quality, ref_of, evaluation_sentences  # noqa: E402
 from tasks import export, quantize  # noqa: E402
@@ -52,15 +51,8 @@ def variants(store: ArtifactStore, workload: str, start: str | None) -> dict[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"))
-    parser.add_argument("--workload", default="emotion")
-    parser.add_argument("--int8", help="the INT8 student to start from: an alias or a digest (default: <workload>/latest)")
-    parser.add_argument("--quick", action="store_true", help="500 test sentences, 100 timed, 2 rounds (as compare.py --quick)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/fusion-<workload>.json)")
-    args = parser.parse_args()
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = command.parser(__doc__, "fusion", "the INT8 student to start from: an alias or a digest",
+                          "500 test sentences, 100 timed, 2 rounds (as compare.py --quick)").parse_args()
     store = ArtifactStore(args.store)
     folders = variants(store, args.workload, args.int8)
     test_ids, test_labels, timed = evaluation_sentences(folders.pop("tokens"), args.quick)
@@ -79,13 +71,8 @@ def main() -> int:
         rounds_ms = row["latency_p50_rounds_ms"]
         lines.append(f"| {name} | {row['nodes']} | {row['accuracy']:.2%} | {row['macro_f1']:.4f} | {row['latency_p50_ms']:.2f} | "
                      f"{min(rounds_ms):.2f}–{max(rounds_ms):.2f} | {row['latency_p95_ms']:.2f} | {row['size_bytes'] / 1e6:.1f} |")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    out = args.out or REPO / "bench" / "results" / f"fusion-{args.workload}{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"workload": args.workload, "machine": host, "threads": args.threads, "rounds": rounds, "models": rows}, indent=2))
-    out.with_suffix(".md").write_text(table)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    result = {"workload": args.workload, "machine": host, "threads": args.threads, "rounds": rounds, "models": rows}
+    command.write_results(result, "\n".join(lines) + "\n", "fusion", args)
     return 0
 
 
