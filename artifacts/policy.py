@@ -2,9 +2,10 @@
 
 Prefect stores, per cache key, a small JSON record holding the stage's ArtifactRef.
 On its own it would serve that record even if the artifact behind it had been
-deleted or corrupted; `StageCachePolicy` checks the record (artifacts/records.py) and
-the artifact while computing the key, and drops a record that fails either, so the
-stage runs again.
+deleted or corrupted; `StageCachePolicy` checks the record (artifacts/records.py), the
+artifact's checksums and the stage's own content check (`Stage.validate`: soft labels
+must belong to the texts at hand) while computing the key, and drops a record that
+fails any of them, so the stage runs again.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ class StageCachePolicy(CachePolicy):
         assert self.stage is not None, "StageCachePolicy needs a stage"
         key = self.stage.key(inputs["params"], inputs["inputs"])
         store = ArtifactStore(inputs["store"])
-        self._drop_unusable_record(key, store)
+        self._drop_unusable_record(key, store, inputs["inputs"])
         return key
 
-    def _drop_unusable_record(self, key: str, store: ArtifactStore) -> None:
+    def _drop_unusable_record(self, key: str, store: ArtifactStore, inputs: dict) -> None:
         try:
             ref = read_record(store, key)
-            problem = store.verify(ref).problem
+            problem = self.stage.problem_with(store, ref, inputs)
         except FileNotFoundError:
             return  # not cached yet
         except RecordError as exc:

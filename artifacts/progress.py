@@ -48,8 +48,10 @@ class Progress:
         self.on_fraction = on_fraction
         self.report_seconds = report_seconds
         self.checkpoints: Checkpoints | None = None
-        self._last_log = 0.0
-        self._last_report = 0.0
+        # None until the first step: time.monotonic() counts from boot, so a fresh
+        # machine's clock can be younger than the interval.
+        self._last_log: float | None = None
+        self._last_report: float | None = None
         self._started: dict[str, float] = {}
         self._bars: dict[str, object] = {}
 
@@ -62,10 +64,10 @@ class Progress:
         finished = done >= total
         if self.bar:
             self._update_bar(label, done, total, stats)
-        if self.on_fraction and (finished or now - self._last_report >= self.report_seconds):
+        if self.on_fraction and (finished or self._last_report is None or now - self._last_report >= self.report_seconds):
             self._last_report = now
             self.on_fraction(label, done / total)
-        if not finished and now - self._last_log < self.every_seconds:
+        if not finished and self._last_log is not None and now - self._last_log < self.every_seconds:
             return
         self._last_log = now
         elapsed = now - started

@@ -1,14 +1,16 @@
 """What a stage is, and how any stage is run against the artifact store.
 
-A stage is declared once (`Stage`): its name, the kind of artifact it writes, its
-typed parameters, the upstream artifacts it reads and the libraries whose versions
-matter. Its work is a plain function
+A stage is declared once (`Stage`), as a DVC stage is in dvc.yaml: its name, the
+format it writes (a `tasks.formats.Format`: artifact kind and files), its typed
+parameters, the upstream artifacts it reads and the libraries whose versions
+matter; optionally a check that a cached artifact still fits its inputs. Its work
+is a plain function
 
     build(params, inputs: {name: local folder}, out: empty folder, progress) -> metrics
 
 that knows nothing of Prefect or of the store. `run_stage` opens the (verified)
-upstream artifacts, calls `build`, and publishes the folder with a manifest saying
-how it was made. The same declaration yields the cache key, so the key is derived
+upstream artifacts, calls `build`, checks that the declared files were written, and
+publishes the folder with a manifest saying how it was made. The same declaration yields the cache key, so the key is derived
 from what the stage consumes, never guessed.
 
 This module lives in artifacts/ rather than tasks/ because it decides how artifacts
@@ -21,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from pydantic import BaseModel
 
@@ -32,12 +34,20 @@ from artifacts.store import ArtifactRef, ArtifactStore
 
 
 Build = Callable[[Any, Mapping[str, Path], Path, Progress], dict]
+# (artifact folder, input folders) -> why the artifact does not fit those inputs, or "".
+Validate = Callable[[Path, Mapping[str, Path]], str]
+
+
+class Writes(Protocol):
+    kind: str
+
+    def missing(self, folder: Path) -> list[str]: ...
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str
+    writes: Writes
     params: type[BaseModel]
     inputs: tuple[str, ...]
     build: Build
@@ -45,6 +55,12 @@ class Stage:
     # Inputs that are not parameters nor artifacts, e.g. the checksums of source files.
     extra_key: Callable[[Any], dict] | None = None
     extra_files: tuple[Path, ...] = field(default=())
+    # A content check beyond checksums, run on every cache hit: a failing artifact is recomputed.
+    validate: Validate | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.writes.kind
 
     def key_material(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> dict:
         self.check_inputs(params, inputs)
@@ -59,6 +75,13 @@ class Stage:
 
     def key(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
         return cache_key(**self.key_material(params, inputs))
+
+    def problem_with(self, store: ArtifactStore, ref: ArtifactRef, inputs: Mapping[str, ArtifactRef]) -> str:
+        """Why a cached artifact of this stage must not be used for these inputs ("" if it may)."""
+        problem = store.verify(ref).problem
+        if problem or self.validate is None:
+            return problem
+        return self.validate(store.open(ref), {name: store.open(r) for name, r in inputs.items()})
 
     def check_inputs(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> None:
         if not isinstance(params, self.params):
@@ -84,6 +107,9 @@ def run_stage(
         started = time.time()
         metrics = stage.build(params, local_inputs, out, progress)
         seconds = time.time() - started
+        missing = stage.writes.missing(out)
+        if missing:
+            raise RuntimeError(f"{stage.name} did not write {missing}, which its {stage.kind} format declares")
         manifest = {
             **material,
             "params": params.model_dump(mode="json"),

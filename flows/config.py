@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.augment import AugmentParams
-from tasks.data import DataParams
-from tasks.distil import StudentParams
+from tasks.distil import FROM_TEACHER, StudentParams
+from tasks.errors import DistilleryError
 from tasks.evaluate import EvaluateParams
 from tasks.export import ExportParams
+from tasks.models import tokenizer_source
 from tasks.quantize import QuantizeParams
+from tasks.soft_labels import SoftLabelParams
+from tasks.sources import DataParams
 from tasks.teacher import TeacherParams
 from tasks.tokenize import TokenizeParams
 
@@ -24,19 +27,42 @@ class PipelineConfig(BaseModel):
     tokenize: TokenizeParams = TokenizeParams()
     teacher: TeacherParams = TeacherParams()
     augment: AugmentParams = AugmentParams()
+    soft_labels: SoftLabelParams = SoftLabelParams()
     student: StudentParams = StudentParams()
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
 
-    @model_validator(mode="after")
-    def _tokenizer_is_the_teachers(self) -> "PipelineConfig":
-        # Student and exported models reuse the teacher's vocabulary, so the ids must
-        # come from the teacher's tokenizer; it is derived, never set separately.
-        if self.tokenize.tokenizer != self.teacher.model:
-            self.tokenize = self.tokenize.model_copy(update={"tokenizer": self.teacher.model})
-        return self
+    def check(self) -> None:
+        """Checks across sections that pydantic cannot phrase as flags; DistilleryError if one fails."""
+        # Hidden states are compared token by token: with two tokenizers the positions
+        # do not correspond, so the loss would teach noise.
+        if self.student.hidden_weight > 0 and not self.shared_tokenizer:
+            raise DistilleryError(
+                f"--student-hidden-weight {self.student.hidden_weight:g} matches hidden states token by token, but the "
+                f"student (--student-init {self.student.init}) reads the tokenizer of {self.student_tokenizer!r} and the "
+                f"teacher (--teacher {self.teacher.model}) that of {self.teacher_tokenizer!r}: use --student-hidden-weight 0, "
+                f"or --student-init {FROM_TEACHER} (or a student with the teacher's tokenizer)")
+
+    @property
+    def teacher_tokenizer(self) -> str:
+        return tokenizer_source(self.teacher.model)
+
+    @property
+    def student_tokenizer(self) -> str:
+        return self.teacher_tokenizer if self.student.init == FROM_TEACHER else tokenizer_source(self.student.init)
+
+    @property
+    def shared_tokenizer(self) -> bool:
+        return self.teacher_tokenizer == self.student_tokenizer
+
+    @property
+    def teacher_tokens(self) -> TokenizeParams:
+        return self.tokenize.model_copy(update={"tokenizer": self.teacher_tokenizer})
+
+    @property
+    def student_tokens(self) -> TokenizeParams:
+        return self.tokenize.model_copy(update={"tokenizer": self.student_tokenizer})
 
 
-
-SECTIONS = ("data", "tokenize", "teacher", "augment", "student", "export", "quantize", "evaluate")
+SECTIONS = ("data", "tokenize", "teacher", "augment", "soft_labels", "student", "export", "quantize", "evaluate")

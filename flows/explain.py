@@ -5,8 +5,8 @@ each stage's cache key is worked out from its parameters, code and the artifacts
 upstream stages would hand it, and looked up among the store's cache records, as
 the real run does. A stage is cached when that record holds a sound artifact, even
 one an earlier run than the latest made. Otherwise the stage would run, and explain
-names what differs from the artifact the workload's latest run made (found by
-following the `<workload>/latest` alias up its lineage): a parameter, a code
+names what differs from the artifact the same step made in the workload's latest
+run (its run record, `<workload>/latest`, names them): a parameter, a code
 module, a library version, a source file, an upstream artifact, or an upstream
 stage that reruns.
 """
@@ -15,32 +15,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from artifacts.lineage import entries
 from artifacts.records import RecordError, read_record
+from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 from flows.pipeline import resolve, run_dag
 
 
 def last_manifests(store: ArtifactStore, name: str) -> dict[str, dict]:
-    """Stage name -> manifest of the artifact it made for the workload's latest run."""
+    """Step name -> manifest of the artifact it made in the workload's latest run (from its run record)."""
     try:
-        start = store.resolve_alias(f"{name}/latest").digest
+        record = latest_run(store, name)
     except StoreError:
         return {}
-    found: dict[str, dict] = {}
-    pending = [start]
-    while pending:
-        digest = pending.pop()
+    found = {}
+    for step, digest in record.steps.items():
         try:
-            manifest = store.manifest(digest)
+            found[step] = store.manifest(digest)
         except FileNotFoundError:
             continue
-        found.setdefault(manifest["stage"], manifest)
-        pending.extend(manifest.get("upstream", {}).values())
-    reports = [e for e in entries(store).values() if e.stage == "evaluate" and start in e.upstream.values()]
-    if reports:
-        found["evaluate"] = store.manifest(max(reports, key=lambda e: e.published).digest)
     return found
 
 
@@ -70,16 +63,16 @@ class WouldRun(NamedTuple):
 NULL_DIGEST = "0" * 64
 
 
-def cached_artifact(store: ArtifactStore, key: str) -> tuple[ArtifactRef | None, str]:
-    """The sound artifact the record for `key` points to, or None and why not."""
+def cached_artifact(store: ArtifactStore, stage: Stage, key: str, inputs: dict[str, ArtifactRef]) -> tuple[ArtifactRef | None, str]:
+    """The usable artifact the record for `key` points to, or None and why not (as the cache policy decides)."""
     try:
         ref = read_record(store, key)
     except FileNotFoundError:
         return None, "no cache record for these inputs"
     except RecordError as exc:
         return None, str(exc)
-    problem = store.verify(ref).problem
-    return (None, f"its artifact {ref.short} is damaged ({problem})") if problem else (ref, "")
+    problem = stage.problem_with(store, ref, inputs)
+    return (None, f"its artifact {ref.short} is unusable ({problem})") if problem else (ref, "")
 
 
 def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, manifest: dict) -> list[str]:
@@ -108,21 +101,21 @@ def explain(store: ArtifactStore, workload: str, data: str | None, smoke: bool, 
     last = last_manifests(store, config.name)
     lines = []
 
-    def dry_run(stage: Stage, params: Any, **inputs: ArtifactRef | WouldRun) -> ArtifactRef | WouldRun:
-        manifest = last.get(stage.name)
+    def dry_run(step: str, stage: Stage, params: Any, **inputs: ArtifactRef | WouldRun) -> ArtifactRef | WouldRun:
+        manifest = last.get(step)
         problem = "an upstream stage reruns"
         if not any(isinstance(ref, WouldRun) for ref in inputs.values()):
-            ref, problem = cached_artifact(store, stage.key(params, inputs))
+            ref, problem = cached_artifact(store, stage, stage.key(params, inputs), inputs)
             if ref is not None:
                 earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
-                lines.append(f"{stage.name}: cached (artifact {ref.short}{earlier})")
+                lines.append(f"{step}: cached (artifact {ref.short}{earlier})")
                 return ref
         if manifest is None:
-            lines.append(f"{stage.name}: would run (no earlier artifact for workload {config.name!r})")
+            lines.append(f"{step}: would run (no earlier artifact for workload {config.name!r})")
         else:
             reasons = _reasons(store, stage, params, inputs, manifest) or [problem]
-            lines.append(f"{stage.name}: would run: " + "; ".join(reasons))
-        return WouldRun(stage.name)
+            lines.append(f"{step}: would run: " + "; ".join(reasons))
+        return WouldRun(step)
 
     run_dag(config, dry_run)
     return lines

@@ -1,7 +1,12 @@
-"""The generic pipeline flow: eight stages, each a cached Prefect task.
+"""The generic pipeline flow: the DAG of stages, each step a cached Prefect task.
 
-    fetch_dataset -> tokenize -> fine_tune_teacher -> augment_data -> distil_student
-                  -> export_onnx -> quantize -> evaluate
+    fetch_dataset -> tokenize_teacher -> fine_tune_teacher ---------------+
+                  -> augment_data (texts) ------------> soft_labels ------+-> distil_student
+                  -> tokenize_student (when its tokenizer differs) ------/        |
+                          export_onnx -> quantize -> evaluate -> report -> run record
+
+Texts are the currency between teacher and student; token ids never cross a
+tokenizer boundary. The teacher runs in one cached place (`soft_labels`).
 
 `stage_task` is the one place a stage becomes a Prefect task, so every stage gets
 the same cache policy (key from its declared inputs, verified hits), isolation
@@ -10,7 +15,9 @@ ArtifactRef, never a pickled model) and a progress artifact for its long loops.
 
 After the stages, every run writes its report (tasks/report.py) and publishes it
 as Prefect markdown and table artifacts from the flow itself, so a run served
-entirely from the cache still shows what it delivered.
+entirely from the cache still shows what it delivered. Last it publishes its run
+record (artifacts/runs.py): which artifact plays which role; `<workload>/latest`
+points at it, and predict, explain and the benchmarks read roles from it.
 """
 
 from __future__ import annotations
@@ -30,25 +37,43 @@ from prefect.states import State
 
 from artifacts.locks import lock_manager_for
 from artifacts.policy import StageCachePolicy
+from artifacts.runs import RunRecord, publish_run
 from artifacts.stage import Progress, Stage, run_stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
-from tasks import augment, data, distil, evaluate, export, quantize, report, teacher, tokenize
-from tasks.models import load_config
+from tasks import augment, distil, evaluate, export, fetch, quantize, report, soft_labels, teacher, tokenize
+from tasks.errors import DistilleryError
+from tasks.formats import read_evaluation
+from tasks.models import check_weights, load_config, load_tokenizer
+from tasks.sources import is_hub_id, load_splits
 
-FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, AUGMENT_DATA, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
-    data.STAGE, tokenize.STAGE, teacher.STAGE, augment.STAGE, distil.STAGE, export.STAGE, quantize.STAGE, evaluate.STAGE,
+FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, AUGMENT_DATA, SOFT_LABELS, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
+    fetch.STAGE, tokenize.STAGE, teacher.STAGE, augment.STAGE, soft_labels.STAGE, distil.STAGE, export.STAGE,
+    quantize.STAGE, evaluate.STAGE,
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
+# Every step of the DAG, in order; tokenize_student runs only when the student's tokenizer differs.
+STEP_NAMES = ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "augment_data",
+              "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate")
 
 
 def preflight(config: PipelineConfig) -> None:
     """Every check that needs no training, so bad input fails in seconds, storing nothing."""
-    teacher_config = load_config(config.teacher.model)
-    distil.check_student(config.student, teacher_config)
-    if not data.is_hub_id(config.data.source):
-        data.load_splits(config.data)  # reads and checks every split (seconds); Hub sources are checked by fetch_dataset
+    config.check()
+    load_config(config.teacher.model)
+    load_tokenizer(config.teacher_tokenizer)
+    if config.student.init == distil.FROM_TEACHER:
+        init_config = load_config(config.teacher.model)
+    else:
+        init_config = load_config(config.student.init)
+        check_weights(config.student.init)
+        try:
+            load_tokenizer(config.student_tokenizer)
+        except DistilleryError as exc:
+            raise DistilleryError(f"--student-init {config.student.init}: its tokenizer cannot be loaded: {exc}") from None
+    distil.student_layers(config.student, init_config.num_hidden_layers)
+    if not is_hub_id(config.data.source):
+        load_splits(config.data)  # reads and checks every split (seconds); Hub sources are checked by fetch_dataset
 
 
 def records_storage(store: ArtifactStore) -> Path | str:
@@ -91,7 +116,7 @@ def task_progress(stage: Stage) -> Progress:
     return Progress(logger.info, on_fraction=on_fraction, report_seconds=10.0)
 
 
-def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
+def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | str):
     policy = StageCachePolicy(
         stage=stage,
         isolation_level="SERIALIZABLE",
@@ -103,7 +128,7 @@ def stage_task(stage: Stage, store: ArtifactStore, records: Path | str):
 
     return task(
         run,
-        name=stage.name,
+        name=step,
         cache_policy=policy,
         persist_result=True,
         result_serializer="json",
@@ -134,39 +159,51 @@ def publish_report(workload: str, store: ArtifactStore, ref: ArtifactRef) -> str
     return location
 
 
-# stage(STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
+# call(step, STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
 CallStage = Callable[..., ArtifactRef]
 
 
-def run_dag(config: PipelineConfig, stage: CallStage) -> dict[str, ArtifactRef]:
-    """The DAG, written once: the flow runs it through Prefect, bench/pipeline.py without."""
-    dataset = stage(FETCH_DATASET, config.data)
-    tokens = stage(TOKENIZE, config.tokenize, dataset=dataset)
-    teacher_model = stage(FINE_TUNE_TEACHER, config.teacher, tokens=tokens)
-    augmented = stage(AUGMENT_DATA, config.augment, tokens=tokens, teacher=teacher_model)
-    student_model = stage(DISTIL_STUDENT, config.student, tokens=tokens, teacher=teacher_model, augmented=augmented)
-    student_onnx = stage(EXPORT_ONNX, config.export, model=student_model, tokens=tokens)
-    student_int8 = stage(QUANTIZE, config.quantize, onnx=student_onnx, tokens=tokens)
-    evaluation = stage(EVALUATE, config.evaluate, tokens=tokens, teacher=teacher_model,
-                       student=student_model, student_int8=student_int8)
-    return {"dataset": dataset, "tokens": tokens, "teacher": teacher_model, "augmented": augmented, "student": student_model,
-            "student_onnx": student_onnx, "student_int8": student_int8, "evaluation": evaluation}
+def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
+    """The DAG, written once: the flow runs it through Prefect, explain and bench/pipeline.py without.
+
+    Returns each role's artifact (the run record's roles).
+    """
+    dataset = call("fetch_dataset", FETCH_DATASET, config.data)
+    teacher_tokens = call("tokenize_teacher", TOKENIZE, config.teacher_tokens, dataset=dataset)
+    student_tokens = (teacher_tokens if config.shared_tokenizer else
+                      call("tokenize_student", TOKENIZE, config.student_tokens, dataset=dataset))
+    teacher_model = call("fine_tune_teacher", FINE_TUNE_TEACHER, config.teacher, tokens=teacher_tokens)
+    augmented = call("augment_data", AUGMENT_DATA, config.augment, dataset=dataset)
+    soft = call("soft_labels", SOFT_LABELS, config.soft_labels, tokens=teacher_tokens, teacher=teacher_model, augmented=augmented)
+    student_model = call("distil_student", DISTIL_STUDENT, config.student, tokens=student_tokens, soft_labels=soft,
+                         augmented=augmented, teacher=teacher_model)
+    student_onnx = call("export_onnx", EXPORT_ONNX, config.export, model=student_model, tokens=student_tokens)
+    student_int8 = call("quantize", QUANTIZE, config.quantize, onnx=student_onnx, tokens=student_tokens)
+    evaluation = call("evaluate", EVALUATE, config.evaluate, teacher_tokens=teacher_tokens, teacher=teacher_model,
+                      student_tokens=student_tokens, student=student_model, student_int8=student_int8)
+    return {"dataset": dataset, "teacher_tokens": teacher_tokens, "student_tokens": student_tokens, "teacher": teacher_model,
+            "augmented": augmented, "soft_labels": soft, "student": student_model, "student_onnx": student_onnx,
+            "student_int8": student_int8, "evaluation": evaluation}
 
 
 class StageRunner:
-    """Calls stages as tasks and notes, per stage, whether it was computed or cached."""
+    """Calls stages as tasks and notes, per step, whether it was computed or cached."""
 
     def __init__(self, store: ArtifactStore):
         self.store = store
         self.records = records_storage(store)
         self.stages: dict[str, dict] = {}
 
-    def __call__(self, stage: Stage, params: Any, **inputs: ArtifactRef) -> ArtifactRef:
+    def __call__(self, step: str, stage: Stage, params: Any, **inputs: ArtifactRef) -> ArtifactRef:
         started = time.time()
-        state: State = stage_task(stage, self.store, self.records)(params, inputs, self.store.root, return_state=True)
+        state: State = stage_task(step, stage, self.store, self.records)(params, inputs, self.store.root, return_state=True)
         ref = state.result()  # raises the stage's own error if it failed
-        self.stages[stage.name] = {
-            "state": "cached" if state.name == "Cached" else "computed",
+        state_name = "cached" if state.name == "Cached" else "computed"
+        if state_name == "cached":
+            get_run_logger().info(f"{step}: cached, reusing {stage.kind} {ref.short}")
+        self.stages[step] = {
+            "state": state_name,
+            "stage": stage.name,
             "artifact": ref.digest,
             "seconds": round(time.time() - started, 3),
         }
@@ -187,7 +224,7 @@ def distillery(
     overrides: Overrides | None = None,
     store: str | None = None,
 ) -> dict:
-    """Fetch, tokenize, fine-tune a teacher, distil a student, export, quantize, evaluate.
+    """Fetch, tokenize, fine-tune a teacher, soft-label, distil a student, export, quantize, evaluate.
 
     workload: the preset (flows/presets.py); data: Hub id or folder (default: env
     DISTILLERY_DATA, else the preset's); smoke: small slice and tiny model; overrides:
@@ -199,15 +236,17 @@ def distillery(
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
 
-    made = run_dag(config, stage)
-    student_int8, evaluation = made["student_int8"], made["evaluation"]
+    roles = run_dag(config, stage)
+    evaluation = roles["evaluation"]
 
-    artifacts.set_alias(f"{config.name}/latest", student_int8)
     run_report = write_report(config.name, stage.stages, evaluation, artifacts.root)
     artifacts.set_alias(f"{config.name}/report", run_report)
     location = publish_report(config.name, artifacts, run_report)
-    metrics = json.loads((artifacts.open(evaluation) / "metrics.json").read_text())["models"]
-    return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root,
+    record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
+                                              steps={step: s["artifact"] for step, s in stage.stages.items()}))
+    artifacts.set_alias(f"{config.name}/latest", record)
+    metrics = read_evaluation(artifacts.open(evaluation))["models"]
+    return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root, "run": record.digest,
             "report": {"artifact": run_report.digest, "location": location}}
 
 

@@ -4,10 +4,12 @@
     python flows/predict.py --model sst2/latest --file reviews.txt
     echo "what a lovely surprise" | python flows/predict.py --model 3ee42f85f2fb
 
---model is an alias every successful run updates (`<workload>/latest`), a full
-digest, or a unique digest prefix of a `quantize` artifact. The tokenizer is the
-one the model was trained with: its lineage leads to the `tokenize` artifact that
-holds it. Prints one JSON line per text: {"text", "label", "scores"}.
+--model is an alias every successful run updates (`<workload>/latest`, a run
+record), or a full digest or unique digest prefix of a run record or of a run's INT8
+model. The run record names the model (role `student_int8`) and the tokens it was
+trained on (role `student_tokens`), whose tokenizer and settings encode the text
+(tasks/encoding.py, as the pipeline did). Prints one JSON line per text:
+{"text", "label", "scores"}.
 
 Everything the user gave is checked before the model is loaded: a missing store,
 alias or file, a text that is empty, or an artifact that is not an INT8 model each
@@ -27,34 +29,36 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
+from artifacts.runs import RUN_KIND, RunRecord, read_run, runs_naming
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
 from tasks.errors import DistilleryError
 
 EXIT_BAD_INPUT = 2
-MODEL_STAGE = "quantize"
+MODEL_ROLE, TOKENS_ROLE = "student_int8", "student_tokens"
 PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
 
 
 @dataclass
 class Classifier:
     session: object
-    tokenizer: object
+    encoder: object  # tasks.encoding.Encoder
     labels: list[str]
 
     def scores(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        from tasks.batching import pad
+
         out = []
         for start in range(0, len(texts), batch_size):
-            encoded = self.tokenizer.encode_batch(texts[start : start + batch_size])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            sequences = self.encoder.encode(texts[start : start + batch_size])
+            ids, mask = (t.numpy() for t in pad(sequences, range(len(sequences)), self.encoder.pad_id))
             logits = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
             exp = np.exp(logits - logits.max(1, keepdims=True))
             out.append(exp / exp.sum(1, keepdims=True))
         return np.concatenate(out)
 
 
-def find_model(store: ArtifactStore, name: str) -> ArtifactRef:
-    """An alias, a digest or a unique digest prefix -> the INT8 model it names."""
+def find_run(store: ArtifactStore, name: str) -> RunRecord:
+    """An alias, a digest or a unique digest prefix (of a run record or a run's INT8 model) -> the run record."""
     if PREFIX.match(name):
         matches = [d for d in store.digests() if d.startswith(name)]
         if len(matches) > 1:
@@ -64,6 +68,14 @@ def find_model(store: ArtifactStore, name: str) -> ArtifactRef:
                                   f"list them with `python -m artifacts --store {store.root} list`")
         manifest = store.manifest(matches[0])
         ref = ArtifactRef(kind=manifest["kind"], digest=matches[0])
+        if manifest.get("kind") != RUN_KIND:
+            runs = runs_naming(store, MODEL_ROLE, ref.digest)
+            if not runs:
+                raise DistilleryError(
+                    f"{name!r} is a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, and no run "
+                    f"record names it as its INT8 model: pass the alias <workload>/latest, a run record's digest, "
+                    f"or the digest of a run's INT8 model")
+            return runs[0]
     else:
         try:
             ref = store.resolve_alias(name)
@@ -76,29 +88,22 @@ def find_model(store: ArtifactStore, name: str) -> ArtifactRef:
         except FileNotFoundError:
             raise DistilleryError(f"alias {name!r} points at artifact {ref.short}, which is no longer in "
                                   f"{store.root}: rerun the workload to rebuild it") from None
-    if manifest.get("stage") != MODEL_STAGE:
+    if manifest.get("kind") != RUN_KIND:
         raise DistilleryError(
-            f"{name!r} is a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, not an INT8 model: "
-            f"pass the alias <workload>/latest or the digest of a {MODEL_STAGE!r} artifact")
-    return ref
+            f"{name!r} names a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, not a run: "
+            f"pass the alias <workload>/latest, a run record's digest, or the digest of a run's INT8 model")
+    return read_run(store, ref)
 
 
-def load_classifier(store: ArtifactStore, ref: ArtifactRef) -> Classifier:
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
+def load_classifier(store: ArtifactStore, run: RunRecord) -> Classifier:
+    """The run's INT8 model, and the encoder of the tokens it was trained on."""
+    from tasks.encoding import encoder_of
+    from tasks.formats import onnx_file, open_tokens
+    from tasks.onnx_runtime import onnx_session
 
-    tokens_digest = store.manifest(ref)["upstream"]["tokens"]
-    tokens_manifest = store.manifest(tokens_digest)
-    tokens = store.open(ArtifactRef(kind=tokens_manifest["kind"], digest=tokens_digest))
-    tokenizer = Tokenizer.from_file(str(tokens / "tokenizer" / "tokenizer.json"))
-    # Exactly the ids the model was trained on: same truncation, padding per batch.
-    tokenizer.enable_truncation(tokens_manifest["params"]["max_length"])
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(store.open(ref) / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    labels = json.loads((tokens / "labels.json").read_text())["names"]
-    return Classifier(session, tokenizer, labels)
+    tokens = open_tokens(store.open(run.role(TOKENS_ROLE)))
+    session = onnx_session(onnx_file(store.open(run.role(MODEL_ROLE))))
+    return Classifier(session, encoder_of(tokens), tokens.labels)
 
 
 def read_texts(args_texts: list[str], file: str | None, stdin: TextIO) -> list[tuple[str, str]]:
@@ -139,7 +144,7 @@ def _lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:
 
 
 def predict(store: ArtifactStore, model: str, texts: list[str]) -> list[dict]:
-    classifier = load_classifier(store, find_model(store, model))
+    classifier = load_classifier(store, find_run(store, model))
     scores = classifier.scores(texts)
     return [
         {"text": text, "label": classifier.labels[int(row.argmax())],
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
     parser = argparse.ArgumentParser(prog="python flows/predict.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
-    parser.add_argument("--model", default="emotion/latest", help="alias, digest or digest prefix of an INT8 model")
+    parser.add_argument("--model", default="emotion/latest", help="alias, digest or digest prefix of a run record or of a run's INT8 model")
     parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
     parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
                         help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")

@@ -35,12 +35,17 @@ def sst2() -> PipelineConfig:
 
 
 def smoke_sized(full: PipelineConfig) -> PipelineConfig:
-    """The same DAG on a small slice with a tiny model: minutes, not hours."""
+    """The same DAG on a small slice with tiny models: minutes, not hours.
+
+    The teacher is a tiny MPNet with a vocabulary of its own and the student a tiny
+    BERT with MiniLM's, so every smoke run goes through the two-tokenizer path the
+    full-size MPNet teacher takes.
+    """
     return full.model_validate({
         **full.model_dump(),
         "data": {**full.data.model_dump(), "max_train_rows": 600, "max_eval_rows": 150},
-        "teacher": {**full.teacher.model_dump(), "model": "tiny", "epochs": 3, "learning_rate": 2e-3, "batch_size": 16},
-        "student": {**full.student.model_dump(), "epochs": 2, "learning_rate": 2e-3, "batch_size": 16},
+        "teacher": {**full.teacher.model_dump(), "model": "tiny-mpnet", "epochs": 3, "learning_rate": 2e-3, "batch_size": 16},
+        "student": {**full.student.model_dump(), "init": "tiny", "epochs": 2, "learning_rate": 2e-3, "batch_size": 16},
         "quantize": {**full.quantize.model_dump(), "calibration_samples": 64},
         "evaluate": {**full.evaluate.model_dump(), "latency_sentences": 30, "warmup": 3},
         "export": {**full.export.model_dump(), "parity_examples": 16},
@@ -74,7 +79,7 @@ def build_config(
             raise DistilleryError(f"unknown configuration section {section!r}: use one of {', '.join(SECTIONS)}")
         merged[section].update(fields)
     try:
-        return PipelineConfig.model_validate(merged)
+        config = PipelineConfig.model_validate(merged)
     except ValidationError as exc:
         name = describe or (lambda section, field: f"{section}.{field}")
         problems = []
@@ -83,3 +88,5 @@ def build_config(
             where = name(loc[0], loc[1]) if len(loc) >= 2 and loc[0] in SECTIONS else ".".join(loc)
             problems.append(f"{where}: {error['msg']}")
         raise DistilleryError("invalid configuration: " + "; ".join(problems)) from None
+    config.check()
+    return config

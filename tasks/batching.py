@@ -4,6 +4,10 @@ Emotion tweets average ~22 tokens, but a random batch of 32 pads to ~52 (its
 longest member); padding everything to a fixed 128 wastes more still. Grouping
 examples of similar length (sort within shuffled windows of many batches, then
 shuffle the batches) keeps training stochastic while padding little.
+
+Padding uses the pad id of the tokenizer that made the ids (it is in the tokens
+artifact); there is no default, because a wrong one silently shifts MPNet's
+position ids.
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
-PAD_ID = 0  # [PAD] in BERT WordPiece vocabularies
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator, window_batches: int = 50) -> list[np.ndarray]:
@@ -40,10 +42,11 @@ def inference_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarra
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad(sequences: Sequence[np.ndarray], indices: Sequence[int], to_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(sequences: Sequence[np.ndarray], indices: Sequence[int], pad_id: int, to_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their 0/1 attention mask."""
     rows = [sequences[i] for i in indices]
     width = to_length or max(len(r) for r in rows)
-    ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row[:width]

@@ -1,51 +1,55 @@
-"""Stage `distil_student`: a shallower copy of the teacher, trained on its logits.
+"""Stage `distil_student`: a small model trained on the teacher's soft labels.
 
-The student is built DistilBERT-style: same width, a subset of the teacher's layers
-(every other one by default), with embeddings, pooler and classifier copied from
-the fine-tuned teacher. It is then trained to match the teacher's logits. The
-default loss is the mean squared error between student and teacher logits (the
+The student reads its own tokens (its tokenizer may not be the teacher's) and the
+teacher's logits from `soft_labels`, row-aligned with the train split and the
+augmented texts; for logits-only losses the teacher is never loaded. Where the
+student starts (`init`):
+- "teacher": DistilBERT-style, a subset of the fine-tuned teacher's layers with its
+  embeddings and classifier (the teacher's architecture and tokenizer);
+- "minilm": the packaged all-MiniLM-L6-v2, pretrained but not fine-tuned, cut to
+  `layers`; "tiny": a tiny random BERT with MiniLM's vocabulary (tests, --smoke);
+- a local checkpoint folder or a Hub id, cut to `layers` the same way.
+`layers` (default: every other layer) applies to whichever is chosen.
+
+The default loss is the mean squared error between student and teacher logits (the
 loss of Intel's BERT-Mini SST-2 recipe); "kl" is the usual Hinton-style loss on
-temperature-softened distributions. Either can be mixed with hard-label cross-entropy,
-and with intermediate-layer matching (`hidden_weight`): the MSE between each student
-layer's hidden states and those of the teacher layer it was copied from, over real
-tokens only, in the spirit of TinyBERT and MiniLM's layer-wise distillation.
-
-The training set is the labelled train split plus whatever `augment_data` made: its
-teacher-labelled variants are trained on the teacher's logits like every other
-example (their hard label, if `hard_label_weight` asks for one, is the teacher's).
-
-`model` starts the student from a pretrained checkpoint instead (a Hub id such as
-google/bert_uncased_L-4_H-256_A-4 for online users, or a local folder); it must read
-the teacher's token ids, so its vocabulary must be the teacher's.
+temperature-softened distributions. Either can be mixed with hard-label cross-entropy
+(an augmented text's hard label is the teacher's), and with intermediate-layer
+matching (`hidden_weight`): the MSE between each student layer's hidden states and
+those of the corresponding teacher layer, over real tokens only, in the spirit of
+TinyBERT and MiniLM's layer-wise distillation. Hidden states are aligned token by
+token, so that needs the teacher's tokenizer and width; the pipeline refuses it
+otherwise before any work.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Literal, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from artifacts.stage import Progress, Stage
+from tasks.encoding import encoder_of
 from tasks.errors import DistilleryError
-from tasks.augment import read_augmented
-from tasks.models import load_classifier, load_config, load_trained
-from tasks.tokenize import read_tokens
-from tasks.training import TrainParams, predict_logits, train
+from tasks.formats import MODEL, model_folder, open_tokens, read_augmented, read_soft_labels, soft_labels_problem
+from tasks.models import check_layers, every_other_layer, load_classifier, load_trained, shrink
+from tasks.training import TrainParams, train
+
+FROM_TEACHER = "teacher"
 
 
 class StudentParams(TrainParams):
-    layers: list[int] | None = Field(None, description="teacher layers the student keeps, e.g. [0, 2, 4]; default every other layer")
-    model: str | None = Field(None, description="start from this pretrained checkpoint (Hub id or local folder) instead of the teacher's layers; it must share the teacher's vocabulary")
+    init: str = Field(FROM_TEACHER, description="where the student starts: 'teacher' (a copy of the teacher's layers), 'minilm' (the packaged all-MiniLM-L6-v2), 'tiny', a local checkpoint folder or a Hub id")
+    layers: list[int] | None = Field(None, description="layers of the init model the student keeps, e.g. [0, 2, 4]; default every other layer")
     loss: Literal["mse", "kl"] = Field("mse", description="distillation loss on logits: mse (Intel's BERT-Mini recipe) or kl with temperature")
     temperature: float = Field(2.0, gt=0, le=20, description="softening temperature for the kl loss")
     hard_label_weight: float = Field(0.0, ge=0, le=1, description="weight of cross-entropy on the true labels, mixed into the loss")
-    hidden_weight: float = Field(0.0, ge=0, le=100, description="weight of intermediate-layer matching (hidden-state MSE against the teacher layer each student layer came from), added to the loss; 0: off")
+    hidden_weight: float = Field(0.0, ge=0, le=100, description="weight of intermediate-layer matching (hidden-state MSE against the corresponding teacher layer; needs the teacher's tokenizer), added to the loss; 0: off")
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="peak AdamW learning rate")
 
     @field_validator("layers")
@@ -58,52 +62,15 @@ class StudentParams(TrainParams):
                 raise ValueError(f"student layers {layers} must be distinct, ascending, non-negative indices")
         return layers
 
-    @model_validator(mode="after")
-    def _one_way_to_build(self) -> "StudentParams":
-        if self.model is not None and self.layers is not None:
-            raise ValueError("set either student layers (a copy of teacher layers) or student model (a pretrained checkpoint), not both")
-        if self.model is not None and self.hidden_weight > 0:
-            raise ValueError("hidden_weight matches student layers to the teacher layers they were copied from; "
-                             "a pretrained student model has no such layers: use hidden_weight 0")
-        return self
+
+def student_layers(params: StudentParams, init_depth: int) -> list[int]:
+    what = "the teacher" if params.init == FROM_TEACHER else f"student init {params.init!r}"
+    return check_layers(params.layers if params.layers is not None else every_other_layer(init_depth), init_depth, what)
 
 
-def check_student(params: "StudentParams", teacher_config) -> None:
-    """Fails in seconds, before any training, if this student cannot be built for this teacher."""
-    if params.model is None:
-        student_layers(params, teacher_config.num_hidden_layers)
-        return
-    student_config = load_config(params.model)
-    if student_config.vocab_size != teacher_config.vocab_size:
-        raise DistilleryError(
-            f"student model {params.model!r} has a vocabulary of {student_config.vocab_size} tokens, the "
-            f"teacher {teacher_config.vocab_size}: the student reads the teacher's token ids, so pick a "
-            f"checkpoint with the teacher's vocabulary (for MiniLM: any bert-base-uncased one, e.g. "
-            f"google/bert_uncased_L-4_H-256_A-4), or leave --student-model unset"
-        )
-
-
-def student_layers(params: StudentParams, teacher_layers: int) -> list[int]:
-    layers = params.layers if params.layers is not None else list(range(0, teacher_layers, 2))
-    if max(layers) >= teacher_layers:
-        raise DistilleryError(
-            f"student layers {layers} do not fit a {teacher_layers}-layer teacher: pick layers "
-            f"from 0..{teacher_layers - 1} (e.g. --student-layers "
-            f"{','.join(map(str, range(0, teacher_layers, 2)))})"
-        )
-    return layers
-
-
-def shrink(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
-    """The teacher with only `layers` kept in its encoder, weights copied."""
-    student = copy.deepcopy(teacher)
-    encoder = student.base_model.encoder
-    encoder.layer = torch.nn.ModuleList(encoder.layer[i] for i in layers)
-    student.config.num_hidden_layers = len(layers)
-    for position, layer in enumerate(encoder.layer):
-        if hasattr(layer, "attention") and hasattr(layer.attention, "self"):
-            layer.attention.self.layer_idx = position  # keeps cache indexing consistent
-    return student
+def teacher_layer_of(student_layer: int, init_depth: int, teacher_depth: int) -> int:
+    """The teacher layer a student layer matches: the same one when cut from the teacher, else the one at the same relative depth."""
+    return round((student_layer + 1) * teacher_depth / init_depth) - 1
 
 
 def distillation_loss(params: StudentParams, student_logits, teacher_logits, labels) -> torch.Tensor:
@@ -119,65 +86,76 @@ def distillation_loss(params: StudentParams, student_logits, teacher_logits, lab
     return (1 - params.hard_label_weight) * soft + params.hard_label_weight * hard
 
 
-def hidden_state_loss(student_hidden, teacher_hidden, layers: list[int], mask: torch.Tensor) -> torch.Tensor:
-    """Mean over student layers of the masked MSE to the teacher layer it was copied from.
+def hidden_state_loss(student_hidden, teacher_hidden, teacher_layers: list[int], mask: torch.Tensor) -> torch.Tensor:
+    """Mean over student layers of the masked MSE to its teacher layer.
 
     hidden_states[0] is the embedding output, so student layer i is index i + 1 and
-    teacher layer layers[i] is index layers[i] + 1.
+    teacher layer t is index t + 1.
     """
     weight = mask.unsqueeze(-1).to(student_hidden[0].dtype)
     count = weight.sum() * student_hidden[0].shape[-1]
-    losses = [(((student_hidden[i + 1] - teacher_hidden[t + 1]) ** 2) * weight).sum() / count for i, t in enumerate(layers)]
+    losses = [(((student_hidden[i + 1] - teacher_hidden[t + 1]) ** 2) * weight).sum() / count for i, t in enumerate(teacher_layers)]
     return torch.stack(losses).mean()
 
 
+def initial_student(params: StudentParams, labels: list[str], teacher_artifact: Path):
+    """The student before training, the init model's depth, and the layers it kept."""
+    base = load_trained(model_folder(teacher_artifact)) if params.init == FROM_TEACHER else load_classifier(params.init, labels, seed=params.seed)
+    depth = base.config.num_hidden_layers
+    layers = student_layers(params, depth)
+    return shrink(base, layers), depth, layers
+
+
 def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    tokens = inputs["tokens"]
-    teacher = load_trained(inputs["teacher"] / "model")
-    check_student(params, teacher.config)
-    train_ids, train_labels = read_tokens(tokens, "train")
-    progress.info(f"distil_student: teacher logits for {len(train_ids)} examples")
-    teacher_logits = predict_logits(teacher, train_ids)
-    extra_ids, extra_logits = read_augmented(inputs["augmented"])
-    sequences = train_ids + extra_ids
-    if extra_ids:
-        progress.info(f"distil_student: plus {len(extra_ids)} teacher-labelled augmented examples")
-        teacher_logits = np.concatenate([teacher_logits, extra_logits])
-        train_labels = np.concatenate([train_labels, extra_logits.argmax(1)])
-    teacher_logits, labels = torch.from_numpy(teacher_logits), torch.from_numpy(train_labels)
-    if params.model is None:
-        layers = student_layers(params, teacher.config.num_hidden_layers)
-        student = shrink(teacher, layers)
-    else:
-        layers = None
-        student = load_classifier(params.model, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)], seed=params.seed)
-    if params.hidden_weight == 0:
-        del teacher  # only its logits are needed, and they are computed
+    tokens = open_tokens(inputs["tokens"])
+    problem = soft_labels_problem(inputs["soft_labels"], inputs["tokens"], inputs["augmented"])
+    if problem:
+        raise RuntimeError(f"distil_student: the soft labels do not belong to these texts: {problem}; not training on them")
+    soft = read_soft_labels(inputs["soft_labels"])
+    train_ids, train_labels = tokens.split("train")
+    augmented, _ = read_augmented(inputs["augmented"])
+    sequences = train_ids + encoder_of(tokens).encode(augmented)
+    labels = np.concatenate([train_labels, soft.logits[len(train_ids):].argmax(1)]).astype(np.int64)
+    teacher_logits, labels = torch.from_numpy(soft.logits), torch.from_numpy(labels)
+    if augmented:
+        progress.info(f"distil_student: {len(train_ids)} training and {len(augmented)} augmented texts")
+
+    student, init_depth, layers = initial_student(params, tokens.labels, inputs["teacher"])
+    teacher = None
+    if params.hidden_weight > 0:
+        teacher = load_trained(model_folder(inputs["teacher"]))
+        if (teacher.config.vocab_size, teacher.config.hidden_size) != (student.config.vocab_size, student.config.hidden_size):
+            raise DistilleryError(
+                f"hidden-state matching needs the teacher's tokenizer and width: teacher vocabulary "
+                f"{teacher.config.vocab_size} / hidden {teacher.config.hidden_size}, student "
+                f"{student.config.vocab_size} / {student.config.hidden_size}; use --student-hidden-weight 0")
+        matched = [teacher_layer_of(layer, init_depth, teacher.config.num_hidden_layers) for layer in layers]
 
     def loss(model, batch, input_ids, mask):
-        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=params.hidden_weight > 0)
+        out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=teacher is not None)
         total = distillation_loss(params, out.logits, teacher_logits[batch], labels[batch])
-        if params.hidden_weight > 0:
+        if teacher is not None:
             with torch.no_grad():
                 target = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            total = total + params.hidden_weight * hidden_state_loss(out.hidden_states, target, layers, mask)
+            total = total + params.hidden_weight * hidden_state_loss(out.hidden_states, target, matched, mask)
         return total
 
-    history = train(student, sequences, loss, params, progress, "distil_student", read_tokens(tokens, "validation"))
-    student.save_pretrained(out / "model", safe_serialization=True)
-    (out / "student.json").write_text(json.dumps({"teacher_layers": layers, "pretrained": params.model}))
-    history["layers"] = layers  # the teacher layers it was copied from; None for a pretrained student
+    history = train(student, sequences, loss, params, progress, "distil_student", tokens.spec.pad_id, tokens.split("validation"))
+    student.save_pretrained(model_folder(out), safe_serialization=True)
+    (out / "student.json").write_text(json.dumps({"init": params.init, "init_layers": layers}))
+    history["layers"] = layers  # the layers of the init model it kept
     history["num_layers"] = student.config.num_hidden_layers
-    history["augmented_examples"] = len(extra_ids)
+    history["architecture"] = student.config.model_type
+    history["augmented_examples"] = len(augmented)
     history["parameters"] = sum(p.numel() for p in student.parameters())
     return history
 
 
 STAGE = Stage(
     name="distil_student",
-    kind="model",
+    writes=MODEL,
     params=StudentParams,
-    inputs=("tokens", "teacher", "augmented"),
+    inputs=("tokens", "soft_labels", "augmented", "teacher"),
     build=build_student,
     libraries=("torch", "transformers"),
 )

@@ -1,9 +1,10 @@
 """Stage `evaluate`: quality, speed and size of the teacher, the student and the INT8 student.
 
-Quality on the whole test split through a local `evaluate` metric module. Speed as
-batch-1 latency (p50/p95) over test sentences at their real lengths, the way a
-service sees single requests, after a warm-up; all models run on the same threads
-and are timed in turns (`tasks.timing.interleaved_latency_ms`).
+Each model is measured on its own tokens of the same test rows: the teacher on the
+teacher's, the student and its INT8 model on the student's (tasks/measure.py does
+all the scoring and timing). Speed is batch-1 latency (p50/p95) over the same test
+sentences at their real lengths, the way a service sees single requests, after a
+warm-up; all models run on the same threads and are timed in turns.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.export import onnx_logits, onnx_session
-from tasks.models import load_trained
-from tasks.timing import Predict, interleaved_latency_ms, predictions
-from tasks.tokenize import read_tokens
+from tasks.formats import EVALUATION, open_tokens
+from tasks.measure import interleaved_latency_ms, quality
+from tasks.predictors import onnx_predictor, torch_predictor
 
-METRIC_MODULE = Path(__file__).parent / "metrics" / "classification_report"
 MODELS = ("teacher", "student", "student_int8")
+
 
 class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,44 +35,34 @@ class EvaluateParams(BaseModel):
     seed: int = Field(42, description="seed for picking the latency sentences")
 
 
-def torch_predictor(folder: Path) -> tuple[Predict, int]:
-    model = load_trained(folder / "model")
-
-    def predict(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
-
-    return predict, (folder / "model" / "model.safetensors").stat().st_size
-
-
-def onnx_predictor(folder: Path, threads: int) -> tuple[Predict, int]:
-    session = onnx_session(folder / "model.onnx", threads)
-    return (lambda ids, mask: onnx_logits(session, ids, mask)), (folder / "model.onnx").stat().st_size
-
-
-def build_report(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    import evaluate  # ~8 s to import; only this stage needs it
-
+def build_evaluation(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
     threads = params.threads or torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        names = json.loads((inputs["tokens"] / "labels.json").read_text())["names"]
-        test_ids, test_labels = read_tokens(inputs["tokens"], "test")
+        tokens = {"teacher": open_tokens(inputs["teacher_tokens"]), "student": open_tokens(inputs["student_tokens"])}
+        if tokens["teacher"].spec.texts_sha256.get("test") != tokens["student"].spec.texts_sha256.get("test"):
+            raise RuntimeError("evaluate: the teacher's and the student's tokens hold different test texts; "
+                               "they must be made from the same dataset artifact")
+        tokens["student_int8"] = tokens["student"]
+        test = {name: t.split("test") for name, t in tokens.items()}
+        labels = test["student"][1]
+        names = tokens["student"].labels
         rng = np.random.default_rng(params.seed)
-        timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(params.latency_sentences, len(test_ids)), replace=False)]
-        metric = evaluate.load(str(METRIC_MODULE))
+        rows = rng.choice(len(labels), size=min(params.latency_sentences, len(labels)), replace=False)
         predictors = {
             "teacher": torch_predictor(inputs["teacher"]),
             "student": torch_predictor(inputs["student"]),
             "student_int8": onnx_predictor(inputs["student_int8"], threads),
         }
+        timed = {name: [test[name][0][i] for i in rows] for name in predictors}
         latency = interleaved_latency_ms({name: predict for name, (predict, _) in predictors.items()}, timed,
                                          params.rounds, params.warmup)
-        report: dict = {"labels": names, "test_rows": len(test_ids), "threads": threads, "models": {}}
+        report: dict = {"labels": names, "test_rows": len(labels), "threads": threads, "models": {}}
         for name, (predict, size) in predictors.items():
-            scores = metric.compute(predictions=predictions(predict, test_ids), references=test_labels, num_labels=len(names))
-            report["models"][name] = {**scores, **latency[name], "size_bytes": size}
+            scores = quality(predict, test[name][0], labels, len(names), tokens[name].spec.pad_id)
+            report["models"][name] = {**scores, **latency[name], "size_bytes": size,
+                                      "tokenizer": tokens[name].spec.tokenizer}
             m = report["models"][name]
             progress.info(f"evaluate: {name} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
                           f"p50 {m['latency_p50_ms']:.2f} ms")
@@ -84,10 +74,9 @@ def build_report(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, 
 
 STAGE = Stage(
     name="evaluate",
-    kind="report",
+    writes=EVALUATION,
     params=EvaluateParams,
-    inputs=("tokens", "teacher", "student", "student_int8"),
-    build=build_report,
-    libraries=("torch", "transformers", "onnxruntime", "evaluate"),
-    extra_files=(METRIC_MODULE / "classification_report.py",),
+    inputs=("teacher_tokens", "teacher", "student_tokens", "student", "student_int8"),
+    build=build_evaluation,
+    libraries=("torch", "transformers", "onnxruntime"),
 )

@@ -1,9 +1,8 @@
-"""Stage `export_onnx`: the student as an ONNX graph with dynamic batch and length.
+"""Stage `export_onnx`: a model as an ONNX graph with dynamic batch and length.
 
-Uses the TorchScript-based exporter (`dynamo=False`): it is fast, and its graphs
-quantize directly, where the dynamo exporter's need their shape annotations cleared
-first. The export is only published if ONNX Runtime reproduces PyTorch's logits on
-real validation sentences, batched with padding and one at a time.
+The graph comes from tasks/onnx_export.py. It is only published if ONNX Runtime
+reproduces PyTorch's logits on real validation sentences (the model's own tokens),
+batched with padding and one at a time.
 
 With `fuse` (the default) the graph then goes through onnxruntime's transformer
 optimizer, which replaces each layer's attention subgraph by one `Attention` kernel,
@@ -14,12 +13,13 @@ INC quantizes these fused kernels directly (QAttention, QEmbedLayerNormalization
 implementation writes it, not transformers' default SDPA, so the model is exported
 with eager attention (same weights, same logits). Its fused kernels assume
 right-padded 0/1 masks, which is how every caller here pads; the parity check runs on
-padded batches to hold it to that.
+padded batches to hold it to that. The fusions are written for BERT (its embeddings
+and attention); other architectures (MPNet, with relative position buckets and
+padding-derived position ids) are exported as plain graphs.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
 from tasks.batching import pad
+from tasks.formats import ONNX, model_folder, onnx_file, open_tokens
 from tasks.models import load_trained
-from tasks.tokenize import read_tokens
-
-INPUT_NAMES = ("input_ids", "attention_mask")
+from tasks.onnx_export import export
+from tasks.onnx_runtime import onnx_logits, onnx_session
 
 
 class ExportParams(BaseModel):
@@ -42,31 +42,6 @@ class ExportParams(BaseModel):
     parity_tolerance: float = Field(1e-3, gt=0, description="largest allowed |logit difference| between PyTorch and ONNX Runtime")
     parity_examples: int = Field(64, ge=1, description="validation sentences used for the parity check")
     fuse: bool = Field(True, description="fuse attention, embeddings, LayerNorm and GELU into onnxruntime's transformer kernels")
-
-
-def onnx_session(path: Path, threads: int | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(session, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return session.run(["logits"], {"input_ids": input_ids, "attention_mask": mask})[0]
-
-
-def export(model: torch.nn.Module, path: Path, opset: int) -> None:
-    example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer and legacy-exporter deprecation noise
-        torch.onnx.export(
-            model, example, str(path), dynamo=False, opset_version=opset,
-            input_names=list(INPUT_NAMES), output_names=["logits"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
-        )
 
 
 def fuse_transformer_ops(path: Path, config) -> dict[str, int]:
@@ -79,41 +54,49 @@ def fuse_transformer_ops(path: Path, config) -> dict[str, int]:
     return {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
 
 
-def parity_gap(model: torch.nn.Module, session, sequences: list[np.ndarray]) -> float:
+def parity_gap(model: torch.nn.Module, session, sequences: list[np.ndarray], pad_id: int) -> float:
     """Largest |logit difference| over one padded batch and each sentence alone."""
     batches = [list(range(len(sequences)))] + [[i] for i in range(min(8, len(sequences)))]
     gap = 0.0
     with torch.inference_mode():
         for batch in batches:
-            ids, mask = pad(sequences, batch)
+            ids, mask = pad(sequences, batch, pad_id)
             reference = model(input_ids=ids, attention_mask=mask).logits.numpy()
             gap = max(gap, float(np.abs(onnx_logits(session, ids.numpy(), mask.numpy()) - reference).max()))
     return gap
 
 
+FUSABLE_ARCHITECTURES = ("bert",)
+
+
 def build_onnx(params: ExportParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    model = load_trained(inputs["model"] / "model")
-    if params.fuse:
+    model = load_trained(model_folder(inputs["model"]))
+    fuse = params.fuse and model.config.model_type in FUSABLE_ARCHITECTURES
+    if params.fuse and not fuse:
+        progress.info(f"export_onnx: onnxruntime's transformer fusions cover {', '.join(FUSABLE_ARCHITECTURES)}, "
+                      f"not {model.config.model_type}; exporting a plain graph")
+    if fuse:
         model.set_attn_implementation("eager")
-    path = out / "model.onnx"
+    path = onnx_file(out)
     export(model, path, params.opset)
-    fused = fuse_transformer_ops(path, model.config) if params.fuse else {}
-    if params.fuse and fused.get("Attention", 0) != model.config.num_hidden_layers:
+    fused = fuse_transformer_ops(path, model.config) if fuse else {}
+    if fuse and fused.get("Attention", 0) != model.config.num_hidden_layers:
         progress.info(f"export_onnx: onnxruntime fused attention in {fused.get('Attention', 0)} of "
                       f"{model.config.num_hidden_layers} layers; the rest stay plain subgraphs (correct, slower)")
-    sequences, _ = read_tokens(inputs["tokens"], "validation")
-    gap = parity_gap(model, onnx_session(path), sequences[: params.parity_examples])
+    tokens = open_tokens(inputs["tokens"])
+    sequences, _ = tokens.split("validation")
+    gap = parity_gap(model, onnx_session(path), sequences[: params.parity_examples], tokens.spec.pad_id)
     if gap > params.parity_tolerance:
         raise RuntimeError(f"ONNX export differs from PyTorch by {gap:.2e} > {params.parity_tolerance:.0e}; not publishing it")
-    (out / "config.json").write_bytes((inputs["model"] / "model" / "config.json").read_bytes())
+    (out / "config.json").write_bytes((model_folder(inputs["model"]) / "config.json").read_bytes())
     progress.info(f"export_onnx: parity gap {gap:.2e}, {path.stat().st_size / 1e6:.1f} MB"
                   + (f", fused {fused}" if fused else ""))
-    return {"parity_max_abs_diff": gap, "size_bytes": path.stat().st_size, "fused_ops": fused}
+    return {"parity_max_abs_diff": gap, "size_bytes": path.stat().st_size, "fused_ops": fused, "fused": fuse}
 
 
 STAGE = Stage(
     name="export_onnx",
-    kind="onnx",
+    writes=ONNX,
     params=ExportParams,
     inputs=("model", "tokens"),
     build=build_onnx,

@@ -38,12 +38,12 @@ import torch
 from pydantic import Field
 
 from artifacts.stage import Progress, Stage
+from tasks.formats import ONNX, model_folder, onnx_file, open_tokens
 from tasks.batching import inference_batches, pad
-from tasks.export import export, onnx_logits, onnx_session
 from tasks.models import load_trained
-from tasks.teacher import classification_loss
-from tasks.tokenize import read_tokens
-from tasks.training import TrainParams, predict_logits, train
+from tasks.onnx_export import export
+from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.training import TrainParams, classification_loss, predict_logits, train
 
 
 class QATParams(TrainParams):
@@ -191,43 +191,44 @@ def prepare_qat(model: torch.nn.Module) -> torch.nn.Module:
 def build_qat(params: QATParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
     from torch.ao.quantization import disable_observer
 
-    tokens = inputs["tokens"]
-    train_ids, train_labels = read_tokens(tokens, "train")
-    validation = read_tokens(tokens, "validation")
-    model = prepare_qat(load_trained(inputs["student"] / "model"))
+    tokens = open_tokens(inputs["tokens"])
+    pad_id = tokens.spec.pad_id
+    train_ids, train_labels = tokens.split("train")
+    validation = tokens.split("validation")
+    model = prepare_qat(load_trained(model_folder(inputs["student"])))
     # Fake-quantize observers keep state a safetensors snapshot does not restore into
     # a freshly prepared model; QAT runs are short, so they are not checkpointed.
     uncheckpointed = copy.copy(progress)
     uncheckpointed.checkpoints = None
-    history = train(model, train_ids, classification_loss(train_labels), params, uncheckpointed, "qat_student", validation)
+    history = train(model, train_ids, classification_loss(train_labels), params, uncheckpointed, "qat_student", pad_id, validation)
     model.apply(disable_observer).eval()
 
     frozen = exportable(model)
     with tempfile.TemporaryDirectory(prefix="qat-") as scratch:
         raw = Path(scratch) / "qdq.onnx"
         export(frozen, raw, params.opset)
-        fold_weight_quantization(raw, out / "model.onnx")
-    (out / "config.json").write_bytes((inputs["student"] / "model" / "config.json").read_bytes())
+        fold_weight_quantization(raw, onnx_file(out))
+    (out / "config.json").write_bytes((model_folder(inputs["student"]) / "config.json").read_bytes())
 
     sequences = validation[0][: params.parity_examples]
-    reference = predict_logits(model, sequences)
-    session = onnx_session(out / "model.onnx")
+    reference = predict_logits(model, sequences, pad_id)
+    session = onnx_session(onnx_file(out))
     onnx_out = np.zeros_like(reference)
     for batch in inference_batches([len(s) for s in sequences], 64):  # padded, as evaluate runs it
-        onnx_out[batch] = onnx_logits(session, *(t.numpy() for t in pad(sequences, batch)))
+        onnx_out[batch] = onnx_logits(session, *(t.numpy() for t in pad(sequences, batch, pad_id)))
     agreement = float((onnx_out.argmax(1) == reference.argmax(1)).mean())
     if agreement < params.parity_agreement:
         raise RuntimeError(f"the QDQ ONNX model agrees with the PyTorch QAT model on {agreement:.1%} of validation "
                            f"sentences, below {params.parity_agreement:.0%}; not publishing it")
     import onnx
 
-    ops = [node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node]
+    ops = [node.op_type for node in onnx.load(str(onnx_file(out))).graph.node]
     history.update({
         "parity_agreement": round(agreement, 5),
-        "parity_max_abs_diff": round(float(np.abs(onnx_out - reference).max()), 6),
         "quantize_linear_nodes": ops.count("QuantizeLinear"),
         "dequantize_linear_nodes": ops.count("DequantizeLinear"),
-        "size_bytes": (out / "model.onnx").stat().st_size,
+        "parity_max_abs_diff": round(float(np.abs(onnx_out - reference).max()), 6),
+        "size_bytes": onnx_file(out).stat().st_size,
     })
     (out / "qat.json").write_text(json.dumps(history, indent=2))
     progress.info(f"qat_student: ONNX agrees with PyTorch QAT on {agreement:.1%}, {history['size_bytes'] / 1e6:.1f} MB")
@@ -236,7 +237,7 @@ def build_qat(params: QATParams, inputs: Mapping[str, Path], out: Path, progress
 
 STAGE = Stage(
     name="qat_student",
-    kind="onnx",
+    writes=ONNX,
     params=QATParams,
     inputs=("tokens", "student"),
     build=build_qat,

@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from artifacts.stage import Progress, Stage
 from tasks.batching import inference_batches, pad
-from tasks.export import onnx_logits, onnx_session
-from tasks.timing import interleaved_latency_ms, predictions
-from tasks.tokenize import read_tokens
+from tasks.formats import ONNX, onnx_file, open_tokens
+from tasks.measure import accuracy, interleaved_latency_ms, predictions
+from tasks.onnx_runtime import onnx_logits, onnx_session
 
 
 class QuantizeParams(BaseModel):
@@ -58,9 +58,9 @@ class QuantizeParams(BaseModel):
 class CalibrationBatches:
     """The loader INC expects: `batch_size` plus an iterable of (inputs, label)."""
 
-    def __init__(self, sequences: list[np.ndarray], batch_size: int):
+    def __init__(self, sequences: list[np.ndarray], batch_size: int, pad_id: int):
         self.batch_size = batch_size
-        self.batches = [pad(sequences, b) for b in inference_batches([len(s) for s in sequences], batch_size)]
+        self.batches = [pad(sequences, b, pad_id) for b in inference_batches([len(s) for s in sequences], batch_size)]
 
     def __iter__(self):
         for ids, mask in self.batches:
@@ -79,22 +79,18 @@ def _inc():
     return neural_compressor, options
 
 
-def onnx_predictions(session, sequences: list[np.ndarray]) -> np.ndarray:
-    return predictions(partial(onnx_logits, session), sequences)
-
-
-def validation_accuracy(sequences: list[np.ndarray], labels: np.ndarray):
+def validation_accuracy(sequences: list[np.ndarray], labels: np.ndarray, pad_id: int):
     """INC's eval_func: it hands over each candidate as an ONNX ModelProto."""
     import onnxruntime as ort
 
     def evaluate(model) -> float:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return float((onnx_predictions(session, sequences) == labels).mean())
+        return accuracy(predictions(partial(onnx_logits, session), sequences, pad_id), labels)
 
     return evaluate
 
 
-def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np.ndarray], out_path: Path,
+def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np.ndarray], out_path: Path, pad_id: int,
                   validation: tuple[list[np.ndarray], np.ndarray] | None = None) -> None:
     import onnx
 
@@ -113,8 +109,8 @@ def quantize_onnx(params: QuantizeParams, model_path: Path, calibration: list[np
         accuracy_criterion=AccuracyCriterion(criterion="relative", tolerable_loss=params.accuracy_tolerance or 0.01),
         tuning_criterion=TuningCriterion(max_trials=params.max_trials),
     )
-    loader = CalibrationBatches(calibration, params.calibration_batch_size) if params.approach == "static" else None
-    eval_func = validation_accuracy(*validation) if tuning and validation else None
+    loader = CalibrationBatches(calibration, params.calibration_batch_size, pad_id) if params.approach == "static" else None
+    eval_func = validation_accuracy(*validation, pad_id) if tuning and validation else None
     if tuning and eval_func is None:
         raise ValueError("accuracy-aware tuning needs the validation split")
     with tempfile.TemporaryDirectory(prefix="inc-") as workspace:
@@ -148,14 +144,16 @@ def ort_dynamic_baseline(model_path: Path, out_path: Path) -> None:
 
 
 def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    model_path = inputs["onnx"] / "model.onnx"
-    train_ids, _ = read_tokens(inputs["tokens"], "train")
-    val_ids, val_labels = read_tokens(inputs["tokens"], "validation")
+    model_path = onnx_file(inputs["onnx"])
+    tokens = open_tokens(inputs["tokens"])
+    pad_id = tokens.spec.pad_id
+    train_ids, _ = tokens.split("train")
+    val_ids, val_labels = tokens.split("validation")
     rng = np.random.default_rng(params.seed)
     pick = rng.choice(len(train_ids), size=min(params.calibration_samples, len(train_ids)), replace=False)
     timed = [val_ids[i] for i in rng.choice(len(val_ids), size=min(params.latency_sentences, len(val_ids)), replace=False)]
-    out_path = out / "model.onnx"
-    quantize_onnx(params, model_path, [train_ids[i] for i in pick], out_path, (val_ids, val_labels))
+    out_path = onnx_file(out)
+    quantize_onnx(params, model_path, [train_ids[i] for i in pick], out_path, pad_id, (val_ids, val_labels))
     (out / "config.json").write_bytes((inputs["onnx"] / "config.json").read_bytes())
     with tempfile.TemporaryDirectory(prefix="ort-quant-") as scratch:
         models = {"fp32": model_path, "int8": out_path}
@@ -163,9 +161,9 @@ def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, pr
             models["ort_quantize_dynamic"] = Path(scratch) / "model.onnx"
             ort_dynamic_baseline(model_path, models["ort_quantize_dynamic"])
         predictors = {name: partial(onnx_logits, onnx_session(path)) for name, path in models.items()}
-        predicted = {name: predictions(predict, val_ids) for name, predict in predictors.items()}
+        predicted = {name: predictions(predict, val_ids, pad_id) for name, predict in predictors.items()}
         latency = interleaved_latency_ms(predictors, timed, params.latency_rounds, warmup=5)
-        measured = {name: {"validation_accuracy": round(float((predicted[name] == val_labels).mean()), 5), **latency[name]}
+        measured = {name: {"validation_accuracy": round(accuracy(predicted[name], val_labels), 5), **latency[name]}
                     for name in models}
         if params.baseline:
             measured["ort_quantize_dynamic"]["size_bytes"] = models["ort_quantize_dynamic"].stat().st_size
@@ -191,7 +189,7 @@ def build_int8(params: QuantizeParams, inputs: Mapping[str, Path], out: Path, pr
 
 STAGE = Stage(
     name="quantize",
-    kind="onnx",
+    writes=ONNX,
     params=QuantizeParams,
     inputs=("onnx", "tokens"),
     build=build_int8,

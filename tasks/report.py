@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
+from tasks.formats import RUN_REPORT, read_evaluation
 
 PLOTS = {
     "accuracy_latency": "accuracy vs batch-1 latency and size",
@@ -35,6 +36,7 @@ class StageRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: Literal["computed", "cached"]
+    stage: str = Field("", description="the stage this step ran (tokenize_teacher and tokenize_student both run tokenize)")
     seconds: float = Field(ge=0)
     artifact: str
 
@@ -43,7 +45,7 @@ class ReportParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workload: str
-    stages: dict[str, StageRun] = Field(description="this run's stages in DAG order")
+    stages: dict[str, StageRun] = Field(description="this run's steps in DAG order")
 
 
 def model_rows(evaluation: dict) -> list[dict]:
@@ -195,7 +197,7 @@ def plot_stage_times(params: ReportParams, path: Path) -> None:
 
 
 def build_report(params: ReportParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    evaluation = json.loads((inputs["evaluation"] / "metrics.json").read_text())
+    evaluation = read_evaluation(inputs["evaluation"])
     plot_accuracy_latency(evaluation, out / "accuracy_latency.png")
     plot_per_class_f1(evaluation, out / "per_class_f1.png")
     if FINAL_MODEL in evaluation["models"]:
@@ -209,7 +211,7 @@ def build_report(params: ReportParams, inputs: Mapping[str, Path], out: Path, pr
 
 STAGE = Stage(
     name="report",
-    kind="run-report",
+    writes=RUN_REPORT,
     params=ReportParams,
     inputs=("evaluation",),
     build=build_report,

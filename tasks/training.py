@@ -1,4 +1,4 @@
-"""The training loop shared by teacher fine-tuning and student distillation.
+"""The training loop shared by teacher fine-tuning, student distillation and QAT.
 
 Plain PyTorch (AdamW, linear warm-up then decay, length-grouped dynamic padding) so
 that every step is visible here rather than inside a framework. The batch plan is a
@@ -14,11 +14,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_model, save_model
 
 from artifacts.stage import Progress
 from tasks.batching import inference_batches, length_grouped_batches, pad, random_batches
+from tasks.measure import accuracy
 
 
 class TrainParams(BaseModel):
@@ -35,6 +37,16 @@ class TrainParams(BaseModel):
 
 # loss(model, batch_indices, input_ids, attention_mask) -> scalar tensor
 LossFn = Callable[[torch.nn.Module, np.ndarray, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def classification_loss(labels) -> LossFn:
+    """Cross-entropy on the true labels (a numpy array indexed by the batch)."""
+    labels = torch.as_tensor(labels)
+
+    def loss(model, batch, input_ids, mask):
+        return F.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits, labels[batch])
+
+    return loss
 
 
 def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -54,6 +66,7 @@ def train(
     params: TrainParams,
     progress: Progress,
     label: str,
+    pad_id: int,
     validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
     pad_to: int | None = None,
 ) -> dict:
@@ -86,7 +99,7 @@ def train(
         running = _restore(folder, model, optimizer, schedule)
         progress.info(f"{label}: resumed from the checkpoint at step {first}/{len(plan)}")
     for step, batch in enumerate(plan[first:], start=first + 1):
-        input_ids, mask = pad(sequences, batch, to_length=pad_to)
+        input_ids, mask = pad(sequences, batch, pad_id, to_length=pad_to)
         loss = loss_fn(model, batch, input_ids, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -110,8 +123,8 @@ def train(
         "padding_share": round(1 - tokens / max(1, padded), 4),
     }
     if validation is not None:
-        logits = predict_logits(model, validation[0])
-        history["validation_accuracy"] = round(float((logits.argmax(1) == validation[1]).mean()), 5)
+        logits = predict_logits(model, validation[0], pad_id)
+        history["validation_accuracy"] = round(accuracy(logits.argmax(1), validation[1]), 5)
         progress.info(f"{label}: validation accuracy {history['validation_accuracy']:.4f}")
     model.eval()
     return history
@@ -134,12 +147,17 @@ def _restore(folder: Path, model: torch.nn.Module, optimizer, schedule) -> float
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, sequences: Sequence[np.ndarray], batch_size: int = 128) -> np.ndarray:
+def predict_logits(model: torch.nn.Module, sequences: Sequence[np.ndarray], pad_id: int, batch_size: int = 128,
+                   progress: Progress | None = None, label: str = "") -> np.ndarray:
+    """Logits of every sequence, in length-sorted padded batches; `progress` sees each batch."""
     model.eval()
     out: np.ndarray | None = None
-    for batch in inference_batches([len(s) for s in sequences], batch_size):
-        input_ids, mask = pad(sequences, batch)
+    batches = inference_batches([len(s) for s in sequences], batch_size)
+    for done, batch in enumerate(batches, start=1):
+        input_ids, mask = pad(sequences, batch, pad_id)
         logits = model(input_ids=input_ids, attention_mask=mask).logits.float().numpy()
+        if progress is not None:
+            progress.step(label, done, len(batches))
         if out is None:
             out = np.zeros((len(sequences), logits.shape[1]), dtype=np.float32)
         out[batch] = logits

@@ -8,8 +8,8 @@ import pytest
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import EMOTION_LABELS, tree_state, write_emotion_slice
-from tasks import data
-from tasks.data import DataParams, load_splits
+from tasks import fetch
+from tasks.sources import DataParams, load_splits
 from tasks.errors import DistilleryError
 
 
@@ -76,7 +76,7 @@ def test_artifact_digest_is_of_content_not_path(tmp_path, emotion_dir):
     a = write_emotion_slice(emotion_dir, tmp_path / "a", {"train": 50, "val": 10, "test": 10})
     b = write_emotion_slice(emotion_dir, tmp_path / "elsewhere" / "b", {"train": 50, "val": 10, "test": 10})
     store = ArtifactStore(tmp_path / "store")
-    assert run_stage(data.STAGE, params(a), {}, store) == run_stage(data.STAGE, params(b), {}, store)
+    assert run_stage(fetch.STAGE, params(a), {}, store) == run_stage(fetch.STAGE, params(b), {}, store)
 
 
 def test_slices_are_seeded_samples(emotion_dir):
@@ -119,12 +119,12 @@ BAD_INPUTS = {
 def test_bad_data_is_refused_before_anything_is_stored(tmp_path, emotion_dir, emotion_slice, case):
     store = ArtifactStore(tmp_path / "store")
     good = write_emotion_slice(emotion_dir, tmp_path / "good", {"train": 30, "val": 10, "test": 10})
-    run_stage(data.STAGE, params(good), {}, store)  # the store already holds work
+    run_stage(fetch.STAGE, params(good), {}, store)  # the store already holds work
     make, problem, fix = BAD_INPUTS[case]
     p = make(emotion_slice)
     before = tree_state(tmp_path / "store")
     with pytest.raises(DistilleryError) as error:
-        run_stage(data.STAGE, p, {}, store)
+        run_stage(fetch.STAGE, p, {}, store)
     message = str(error.value)
     assert problem in message and fix in message, message
     assert tree_state(tmp_path / "store") == before

@@ -7,7 +7,8 @@ import pytest
 
 from artifacts.keys import cache_key, canonical_json, code_fingerprint, forget_code
 from artifacts.store import ArtifactRef
-from tasks import data, quantize
+from tasks import fetch, quantize
+from tasks.sources import DataParams
 
 
 @pytest.fixture
@@ -55,11 +56,46 @@ def test_comment_and_layout_edits_do_not_count(fake_tasks_package):
     assert code_fingerprint(["tasks.stage_mod"]) == before
 
 
-def test_real_stage_fingerprints_cover_their_helpers():
-    assert {"tasks.quantize", "tasks.export", "tasks.batching", "tasks.tokenize"} <= set(
-        code_fingerprint([quantize.STAGE.build.__module__])
-    )
-    assert not any(name.startswith("artifacts") for name in code_fingerprint(["tasks.evaluate"]))
+def every_stage():
+    from flows.pipeline import STAGES
+    from tasks import qat, report
+
+    return [*STAGES, qat.STAGE, report.STAGE]
+
+
+def coverage() -> dict[str, set[str]]:
+    """Helper module -> the stages whose fingerprint covers it (the README's change matrix)."""
+    stages = every_stage()
+    stage_modules = {s.build.__module__ for s in stages}
+    found: dict[str, set[str]] = {}
+    for stage in stages:
+        for module in code_fingerprint([stage.build.__module__]):
+            if module not in stage_modules:
+                found.setdefault(module, set()).add(stage.name)
+    return found
+
+
+def test_a_stage_imports_helpers_never_another_stage():
+    stages = every_stage()
+    stage_modules = {s.build.__module__ for s in stages}
+    for stage in stages:
+        covered = set(code_fingerprint([stage.build.__module__]))
+        assert covered & stage_modules == {stage.build.__module__}, stage.name
+        assert not any(name.startswith(("artifacts", "flows")) for name in covered)
+
+
+def test_helper_edits_reach_exactly_the_stages_that_run_them():
+    matrix = coverage()
+    print("\nFIGURE change matrix (helper: stages it recomputes):\n" + "\n".join(
+        f"  {module}: {', '.join(sorted(names))}" for module, names in sorted(matrix.items())))
+    assert matrix["tasks.sources"] == {"fetch_dataset"}  # reading the data: only the stage that reads it
+    assert matrix["tasks.predictors"] == {"evaluate"}
+    assert matrix["tasks.onnx_export"] == {"export_onnx", "qat_student"}
+    assert matrix["tasks.onnx_runtime"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
+    assert matrix["tasks.training"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
+    assert matrix["tasks.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student"}
+    assert "quantize" not in matrix["tasks.models"]  # it never loads a PyTorch model
+    assert len(matrix["tasks.formats"]) == len(every_stage())  # every stage reads or writes artifacts
 
 
 def test_key_changes_with_each_input_and_only_then():
@@ -89,8 +125,8 @@ def test_stage_key_depends_on_upstream_digest_not_path():
 
 
 def test_fetch_key_follows_file_content(emotion_slice):
-    params = data.DataParams(source=str(emotion_slice))
-    before = data.STAGE.key(params, {})
+    params = DataParams(source=str(emotion_slice))
+    before = fetch.STAGE.key(params, {})
     test_file = emotion_slice / "test.txt"
     test_file.write_text(test_file.read_text() + "i feel fine;joy\n")
-    assert data.STAGE.key(params, {}) != before
+    assert fetch.STAGE.key(params, {}) != before

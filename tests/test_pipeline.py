@@ -10,22 +10,42 @@ import sys
 
 import pytest
 
+import json
+
+from artifacts.runs import latest_run
+from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import REPO, copy_project, run_cli, store_copy
-from flows.pipeline import STAGE_NAMES
+from flows.pipeline import STEP_NAMES
+from tasks import augment, soft_labels
+
+TEACHER_AND_DOWN = {"fine_tune_teacher", "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate"}
 
 
 def test_cold_run_computes_every_stage_and_reports(cold):
     store, _, run = cold
-    assert list(run.summary["stages"]) == list(STAGE_NAMES)
-    assert run.computed() == set(STAGE_NAMES)
+    assert list(run.summary["stages"]) == list(STEP_NAMES)
+    assert run.computed() == set(STEP_NAMES)
     for stage in run.summary["stages"].values():
         assert ArtifactStore(store).verify(stage["artifact"]).ok and stage["seconds"] > 0
     for model in ("teacher", "student", "student_int8"):
         m = run.summary["metrics"][model]
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 and m["latency_p50_ms"] > 0
     assert "student_int8" in run.output and "fine_tune_teacher" in run.output  # the printed table
-    assert ArtifactStore(store).resolve_alias("emotion/latest").digest == run.summary["stages"]["quantize"]["artifact"]
+    # The run record names every role; emotion/latest points at it.
+    artifacts = ArtifactStore(store)
+    assert artifacts.resolve_alias("emotion/latest").digest == run.summary["run"]
+    record = latest_run(artifacts, "emotion")
+    steps = {name: s["artifact"] for name, s in run.summary["stages"].items()}
+    assert record.steps == steps
+    assert {role: ref.digest for role, ref in record.roles.items()} == {
+        "dataset": steps["fetch_dataset"], "teacher_tokens": steps["tokenize_teacher"], "student_tokens": steps["tokenize_student"],
+        "teacher": steps["fine_tune_teacher"], "augmented": steps["augment_data"], "soft_labels": steps["soft_labels"],
+        "student": steps["distil_student"], "student_onnx": steps["export_onnx"], "student_int8": steps["quantize"],
+        "evaluation": steps["evaluate"], "report": run.summary["report"]["artifact"]}
+    # A tiny MPNet teacher on its own tokens, a tiny BERT student on MiniLM's.
+    assert artifacts.manifest(steps["tokenize_teacher"])["params"]["tokenizer"] == "tiny-mpnet"
+    assert artifacts.manifest(steps["tokenize_student"])["params"]["tokenizer"] == "minilm"
 
 
 def test_identical_rerun_is_entirely_cached(cold, tmp_path):
@@ -41,6 +61,57 @@ def test_quantization_change_recomputes_only_quantize_and_evaluate(cold, tmp_pat
     run = run_cli([*cold[1], "--store", str(store), "--quantize-approach", "static", "--quantize-quant-format", "QDQ"], tmp_path)
     assert run.code == 0, run.output[-3000:]
     assert run.computed() == {"quantize", "evaluate"}
+
+
+def test_student_only_change_reuses_the_teachers_soft_labels(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store), "--student-seed", "7"], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
+    assert run.states()["soft_labels"] == "cached"  # no teacher inference for a student experiment
+
+
+def test_teacher_change_recomputes_its_soft_labels_and_what_follows(cold, tmp_path):
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store), "--teacher-seed", "7"], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == TEACHER_AND_DOWN
+
+
+def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(cold, tmp_path):
+    project = copy_project(tmp_path / "project")
+    module = project / "tasks" / "sources.py"
+    source = module.read_text()
+    edited = source.replace('raise DistilleryError(f"{where} is empty: it needs at least one labelled row")',
+                            'raise DistilleryError(f"{where} has no rows: it needs at least one labelled row")')
+    assert edited != source, "the helper to edit moved; update this test"
+    module.write_text(edited)
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == {"fetch_dataset"}  # its output is byte-identical: everything downstream stays cached
+    assert run.summary["stages"]["fetch_dataset"]["artifact"] == cold[2].summary["stages"]["fetch_dataset"]["artifact"]
+
+
+def test_soft_labels_of_other_texts_are_detected_and_recomputed(cold, tmp_path):
+    """A record pointing at sound soft labels of other texts is unusable: recomputed, never used."""
+    store = store_copy(cold, tmp_path)
+    artifacts = ArtifactStore(store)
+    record = latest_run(artifacts, "emotion")
+    other_texts = run_stage(augment.STAGE, augment.AugmentParams(copies=1), {"dataset": record.role("dataset")}, artifacts)
+    other = run_stage(soft_labels.STAGE, soft_labels.SoftLabelParams(),
+                      {"tokens": record.role("teacher_tokens"), "teacher": record.role("teacher"), "augmented": other_texts}, artifacts)
+    good = record.role("soft_labels").digest
+    key = artifacts.manifest(good)["key"]
+    content = json.loads((store / "records" / key).read_text())
+    assert good in content["result"]
+    content["result"] = content["result"].replace(good, other.digest)
+    (store / "records" / key).write_text(json.dumps(content))
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert "unusable" in run.output and "computed on other texts" in run.output
+    assert run.computed() == {"soft_labels"}  # recomputed identical: the student and the rest stay cached
+    assert run.summary["stages"]["soft_labels"]["artifact"] == good
 
 
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
@@ -59,8 +130,9 @@ def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path)
 
 def test_comment_edit_recomputes_nothing(cold, tmp_path):
     project = copy_project(tmp_path / "project")
-    module = project / "tasks" / "teacher.py"
-    module.write_text(module.read_text() + "\n# a comment changes no behaviour\n")
+    for name in ("teacher.py", "formats.py", "measure.py"):
+        module = project / "tasks" / name
+        module.write_text(module.read_text() + "\n# a comment changes no behaviour\n")
     store = store_copy(cold, tmp_path)
     run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
     assert run.code == 0 and run.computed() == set(), run.output[-3000:]
@@ -120,7 +192,7 @@ def test_sst2_flow_shares_the_pipeline_and_its_cache_behaviour(tmp_path):
     args = ["--smoke", "--data", str(data), "--store", str(tmp_path / "store")]
     cold = run_cli(args, tmp_path, workload="sst2")
     assert cold.code == 0, cold.output[-3000:]
-    assert cold.computed() == set(STAGE_NAMES)
+    assert cold.computed() == set(STEP_NAMES)
     assert len(cold.summary["metrics"]["student_int8"]["per_class_f1"]) == 2
     warm = run_cli(args, tmp_path, workload="sst2")
     assert warm.code == 0 and warm.computed() == set(), warm.output[-3000:]

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from artifacts.runs import latest_run
 from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import OFFLINE, REPO, tree_state
-from flows.predict import load_classifier, main
-from tasks.data import read_dataset
-from tasks.export import onnx_logits, onnx_session
-from tasks.tokenize import read_tokens
+from flows.predict import find_run, load_classifier, main
+from tasks.formats import open_tokens, read_dataset
+from tasks.onnx_runtime import onnx_logits, onnx_session
 
 TEXTS = ["i feel wonderful and loved today", "this is so unfair and it makes me furious"]
 
@@ -40,10 +40,14 @@ def test_predicts_what_the_int8_model_computes_on_the_stored_test_ids(cold):
     store, _, run = cold
     artifacts = ArtifactStore(store)
     texts = read_dataset(artifacts.open(artifact(store, run, "fetch_dataset")))[0]["test"]["text"].tolist()[:40]
-    ids, _ = read_tokens(artifacts.open(artifact(store, run, "tokenize")), "test")
-    classifier = load_classifier(artifacts, artifact(store, run, "quantize"))
-    # The command tokenizes exactly as the pipeline did...
-    assert [e.ids[: sum(e.attention_mask)] for e in classifier.tokenizer.encode_batch(texts)] == [list(i) for i in ids[:40]]
+    student_tokens = open_tokens(artifacts.open(artifact(store, run, "tokenize_student")))
+    ids, _ = student_tokens.split("test")
+    classifier = load_classifier(artifacts, latest_run(artifacts, "emotion"))
+    # The command tokenizes exactly as the pipeline did for the student (not the MPNet teacher)...
+    assert [list(e) for e in classifier.encoder.encode(texts)] == [list(i) for i in ids[:40]]
+    assert classifier.encoder.pad_id == student_tokens.spec.pad_id == 0
+    teacher_ids, _ = open_tokens(artifacts.open(artifact(store, run, "tokenize_teacher"))).split("test")
+    assert [list(i) for i in teacher_ids[:40]] != [list(i) for i in ids[:40]]
     code, results, err = run_predict(["--store", str(store), *texts])
     assert code == 0, err
     # ...and labels each text with the INT8 model's own argmax on those ids.
@@ -55,12 +59,14 @@ def test_predicts_what_the_int8_model_computes_on_the_stored_test_ids(cold):
         assert list(result["scores"]) == names and abs(sum(result["scores"].values()) - 1) < 1e-4
 
 
-def test_alias_digest_and_prefix_name_the_same_model(cold):
+def test_alias_digests_and_prefixes_name_the_same_model(cold):
     store, _, run = cold
-    digest = run.summary["stages"]["quantize"]["artifact"]
-    outputs = [run_predict(["--store", str(store), "--model", model, *TEXTS]) for model in ("emotion/latest", digest, digest[:12])]
+    model = run.summary["stages"]["quantize"]["artifact"]
+    names = ("emotion/latest", run.summary["run"], run.summary["run"][:12], model, model[:12])
+    assert {find_run(ArtifactStore(store), name).roles["student_int8"].digest for name in names} == {model}
+    outputs = [run_predict(["--store", str(store), "--model", name, *TEXTS]) for name in names]
     assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
-    assert outputs[0][1] == outputs[1][1] == outputs[2][1] and len(outputs[0][1]) == 2
+    assert all(out[1] == outputs[0][1] for out in outputs) and len(outputs[0][1]) == 2
 
 
 def test_file_and_stdin_inputs(cold, tmp_path):
@@ -97,7 +103,7 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
         "missing_file": (["--file", str(tmp_path / "nope.txt")], "", "no such file", "one text per line"),
         "folder_as_file": (["--file", str(tmp_path)], "", "it is a folder", "one text per line"),
         "binary_file": (["--file", str(tmp_path / "blob.bin")], "", "not UTF-8 text", "one text per line"),
-        "not_a_model": (["--model", teacher[:12], "hi"], "", "made by stage 'fine_tune_teacher', not an INT8 model", "<workload>/latest"),
+        "not_a_model": (["--model", teacher[:12], "hi"], "", "made by stage 'fine_tune_teacher', and no run record names it", "<workload>/latest"),
         "unknown_digest": (["--model", "0123456789ab", "hi"], "", "no artifact with digest '0123456789ab'", "artifacts"),
         "missing_store": (["--store", str(tmp_path / "no-store"), "hi"], "", "no artifact store at", "--store"),
         "args_and_file": (["--file", str(text_file), "hi"], "", "not both", "--file"),

@@ -11,7 +11,7 @@ from PIL import Image
 from artifacts.progress import BAR_ENV, Progress, bar_wanted
 from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import store_copy
-from flows.pipeline import STAGE_NAMES
+from flows.pipeline import STEP_NAMES
 from tasks.report import PLOTS
 
 
@@ -38,9 +38,9 @@ def test_cold_run_report_holds_every_model_class_and_stage(cold):
     for label, counts in zip(evaluation["labels"], models["student_int8"]["confusion_matrix"]):
         assert f"| {label} | " + " | ".join(map(str, counts)) + " |" in report
         assert any(line.startswith(f"| {label} | ") and line.count("|") == len(models) + 2 for line in report.splitlines())
-    for stage in STAGE_NAMES:
+    for stage in STEP_NAMES:
         assert f"| {stage} | computed |" in report
-    assert "8 of 8 stages computed" in report
+    assert "10 of 10 stages computed" in report
     for plot in PLOTS:
         assert f"({plot}.png)" in report
         with Image.open(folder / f"{plot}.png") as image:
@@ -82,7 +82,7 @@ def test_cached_run_still_publishes_its_report(in_process_runs):
     store, [_, (summary, artifacts)] = in_process_runs
     assert {s["state"] for s in summary["stages"].values()} == {"cached"}
     markdown = artifacts[("markdown", "emotion-report")].data
-    assert "0 of 8 stages computed" in markdown
+    assert "0 of 10 stages computed" in markdown
     assert summary["report"]["location"] in markdown
     table = artifacts[("table", "emotion-models")].data
     rows = json.loads(table) if isinstance(table, str) else table

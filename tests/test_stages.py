@@ -11,29 +11,47 @@ import torch
 from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactStore
 from conftest import EMOTION_LABELS, write_emotion_slice
-from tasks import augment, data, distil, evaluate, export, quantize, teacher, tokenize
+from tasks import augment, distil, evaluate, export, fetch, quantize, soft_labels, teacher, tokenize
 from tasks.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
-from tasks.export import onnx_logits, onnx_session
-from tasks.models import load_classifier, load_config, load_trained
-from tasks.timing import interleaved_latency_ms, predictions
-from tasks.tokenize import read_tokens
+from tasks.formats import open_tokens, read_soft_labels
+from tasks.measure import classification_report, interleaved_latency_ms, predictions
+from tasks.models import load_classifier, load_config, load_trained, shrink
+from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.predictors import torch_predictor
+from tasks.sources import DataParams, load_splits
+from tasks.training import predict_logits
 
 
-def student_inputs(refs: dict) -> dict:
-    return {name: refs[name] for name in distil.STAGE.inputs}
+def tokens_of(store, ref):
+    return open_tokens(store.open(ref))
+
+
+def split(store, ref, name):
+    return tokens_of(store, ref).split(name)
+
+
+def teacher_labels(store, refs, augmented_ref=None) -> ArtifactStore:
+    return run_stage(soft_labels.STAGE, soft_labels.SoftLabelParams(),
+                     {"tokens": refs["tokens"], "teacher": refs["teacher"], "augmented": augmented_ref or refs["augmented"]}, store)
+
+
+def student_inputs(refs: dict, **changed) -> dict:
+    return {"tokens": refs["tokens"], "soft_labels": refs["soft_labels"], "augmented": refs["augmented"],
+            "teacher": refs["teacher"], **changed}
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, emotion_dir):
-    """Real stages run once, in order, on 400 training tweets with a tiny teacher."""
+    """Real stages run once, in order, on 400 training tweets with a tiny teacher (one tokenizer)."""
     root = tmp_path_factory.mktemp("stages")
     store = ArtifactStore(root / "store")
     folder = write_emotion_slice(emotion_dir, root / "emotion", {"train": 400, "val": 100, "test": 100})
-    refs = {"dataset": run_stage(data.STAGE, data.DataParams(source=str(folder), label_names=EMOTION_LABELS), {}, store)}
+    refs = {"dataset": run_stage(fetch.STAGE, DataParams(source=str(folder), label_names=EMOTION_LABELS), {}, store)}
     refs["tokens"] = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny", max_length=32), {"dataset": refs["dataset"]}, store)
     refs["teacher"] = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny", epochs=6, learning_rate=3e-3, batch_size=16), {"tokens": refs["tokens"]}, store)
-    refs["augmented"] = run_stage(augment.STAGE, augment.AugmentParams(), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    refs["augmented"] = run_stage(augment.STAGE, augment.AugmentParams(), {"dataset": refs["dataset"]}, store)
+    refs["soft_labels"] = teacher_labels(store, refs)
     refs["student"] = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16), student_inputs(refs), store)
     refs["onnx"] = run_stage(export.STAGE, export.ExportParams(), {"model": refs["student"], "tokens": refs["tokens"]}, store)
     return store, refs
@@ -41,25 +59,30 @@ def pipeline(tmp_path_factory, emotion_dir):
 
 def test_tokenize_truncates_and_keeps_real_lengths(pipeline):
     store, refs = pipeline
-    ids, labels = read_tokens(store.open(refs["tokens"]), "train")
+    tokens = tokens_of(store, refs["tokens"])
+    ids, labels = tokens.split("train")
     lengths = [len(s) for s in ids]
     assert max(lengths) <= 32 and min(lengths) < 32  # truncated, not padded
     assert all(s[0] == 101 and s[-1] == 102 for s in ids)  # [CLS] ... [SEP]
     assert len(ids) == len(labels) == 400
     stats = store.manifest(refs["tokens"])["metrics"]
-    assert stats["train"]["truncated"] == sum(1 for n in lengths if n == 32) or stats["train"]["truncated"] >= 0
-    assert (store.open(refs["tokens"]) / "tokenizer" / "tokenizer.json").exists()
+    assert 0 < stats["train"]["truncated"] <= sum(1 for n in lengths if n == 32)
+    assert (tokens.tokenizer_folder / "tokenizer.json").exists()
+    # The artifact describes itself: enough to encode new text the same way.
+    assert (tokens.spec.tokenizer, tokens.spec.max_length, tokens.spec.pad_id) == ("tiny", 32, 0)
+    assert tokens.spec.special_tokens["cls_token"] == "[CLS]" and tokens.spec.mask_token == "[MASK]"
+    assert set(tokens.spec.texts_sha256) == {"train", "validation", "test"}
 
 
 def test_length_grouped_batches_pad_far_less_than_random(emotion_dir):
     from tasks.models import load_tokenizer
 
-    frame, _ = data.load_splits(data.DataParams(source=str(emotion_dir), label_names=EMOTION_LABELS, max_train_rows=3000))
+    frame, _ = load_splits(DataParams(source=str(emotion_dir), label_names=EMOTION_LABELS, max_train_rows=3000))
     ids = load_tokenizer("minilm")(frame["train"]["text"].tolist(), truncation=True, max_length=64)["input_ids"]
     ids = [np.asarray(s) for s in ids]
 
     def padded_share(batches):
-        total = sum(pad(ids, b)[1].numel() for b in batches)
+        total = sum(pad(ids, b, 0)[1].numel() for b in batches)
         return 1 - sum(len(s) for s in ids) / total
 
     rng = np.random.default_rng(0)
@@ -81,7 +104,7 @@ def test_teacher_training_lowers_the_loss_and_saves_safetensors(pipeline):
 
 def test_student_is_a_layer_subset_of_the_teacher():
     teacher_model = load_classifier("tiny", EMOTION_LABELS)
-    student = distil.shrink(teacher_model, [1])
+    student = shrink(teacher_model, [1])
     assert student.config.num_hidden_layers == 1
     assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher_model.bert.encoder.layer[1].output.dense.weight)
     assert torch.equal(student.classifier.weight, teacher_model.classifier.weight)
@@ -89,15 +112,14 @@ def test_student_is_a_layer_subset_of_the_teacher():
 
 
 def test_distillation_moves_the_student_towards_the_teacher(pipeline):
-    from tasks.training import predict_logits
-
     store, refs = pipeline
     assert store.manifest(refs["student"])["metrics"]["layers"] == [0]
-    ids, _ = read_tokens(store.open(refs["tokens"]), "train")
+    ids, _ = split(store, refs["tokens"], "train")
     teacher_model = load_trained(store.open(refs["teacher"]) / "model")
-    target = predict_logits(teacher_model, ids)
-    untrained = predict_logits(distil.shrink(teacher_model, [0]), ids)
-    trained = predict_logits(load_trained(store.open(refs["student"]) / "model"), ids)
+    target = predict_logits(teacher_model, ids, 0)
+    np.testing.assert_allclose(read_soft_labels(store.open(refs["soft_labels"])).logits, target, atol=1e-4)
+    untrained = predict_logits(shrink(teacher_model, [0]), ids, 0)
+    trained = predict_logits(load_trained(store.open(refs["student"]) / "model"), ids, 0)
     assert ((trained - target) ** 2).mean() < 0.5 * ((untrained - target) ** 2).mean()
     assert (trained.argmax(1) == target.argmax(1)).mean() > (untrained.argmax(1) == target.argmax(1)).mean()
 
@@ -126,8 +148,8 @@ def test_hidden_state_loss_compares_copied_layers_over_real_tokens_only():
 
 def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(pipeline):
     store, refs = pipeline
-    ids, _ = read_tokens(store.open(refs["tokens"]), "validation")
-    input_ids, mask = pad(ids, list(range(len(ids))))
+    ids, _ = split(store, refs["tokens"], "validation")
+    input_ids, mask = pad(ids, list(range(len(ids))), 0)
     teacher_model = load_trained(store.open(refs["teacher"]) / "model")
 
     def hidden_gap(student_ref) -> float:
@@ -143,21 +165,25 @@ def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(p
     assert hidden_gap(matched) < 0.5 * hidden_gap(refs["student"])
 
 
-def test_student_deeper_than_teacher_is_refused():
-    with pytest.raises(DistilleryError, match="do not fit a 2-layer teacher"):
+def test_student_deeper_than_its_init_model_is_refused():
+    with pytest.raises(DistilleryError, match="do not fit the teacher, which has 2 layers"):
         distil.student_layers(distil.StudentParams(layers=[0, 2]), 2)
+    with pytest.raises(DistilleryError, match="do not fit student init 'minilm', which has 6 layers"):
+        distil.student_layers(distil.StudentParams(init="minilm", layers=[0, 6]), 6)
     with pytest.raises(ValueError, match="distinct, ascending"):
         distil.StudentParams(layers=[2, 0])
     assert distil.student_layers(distil.StudentParams(), 6) == [0, 2, 4]
+    assert [distil.teacher_layer_of(layer, 6, 12) for layer in (0, 2, 4)] == [1, 5, 9]  # same relative depth
+    assert [distil.teacher_layer_of(layer, 6, 6) for layer in (0, 2, 4)] == [0, 2, 4]
 
 
 def test_onnx_export_matches_pytorch_at_any_batch_and_length(pipeline):
     store, refs = pipeline
     model = load_trained(store.open(refs["student"]) / "model")
     session = onnx_session(store.open(refs["onnx"]) / "model.onnx")
-    ids, _ = read_tokens(store.open(refs["tokens"]), "test")
+    ids, _ = split(store, refs["tokens"], "test")
     for batch in ([0], [1, 2, 3], list(range(40))):
-        input_ids, mask = pad(ids, batch)
+        input_ids, mask = pad(ids, batch, 0)
         with torch.inference_mode():
             expected = model(input_ids=input_ids, attention_mask=mask).logits.numpy()
         assert np.abs(onnx_logits(session, input_ids.numpy(), mask.numpy()) - expected).max() < 1e-4
@@ -176,8 +202,8 @@ def test_onnx_export_fuses_each_layer_into_onnxruntime_transformer_kernels(pipel
     assert "Attention" not in {node.op_type for node in plain_graph.node}
     assert len(fused_graph.node) < 0.5 * len(plain_graph.node)
     # Same model either way: both graphs give the same logits on a padded batch.
-    ids, _ = read_tokens(store.open(refs["tokens"]), "test")
-    input_ids, mask = (t.numpy() for t in pad(ids, range(24)))
+    ids, _ = split(store, refs["tokens"], "test")
+    input_ids, mask = (t.numpy() for t in pad(ids, range(24), 0))
     logits = [onnx_logits(onnx_session(store.open(ref) / "model.onnx"), input_ids, mask) for ref in (refs["onnx"], plain)]
     assert np.abs(logits[0] - logits[1]).max() < 1e-4
 
@@ -259,7 +285,7 @@ def test_accuracy_aware_tuning_that_cannot_meet_its_target_fails_clearly(pipelin
     store, refs = pipeline
     calls = []
 
-    def strict(sequences, labels):
+    def strict(sequences, labels, pad_id):
         def evaluate(model) -> float:  # the first call scores FP32; every INT8 candidate scores far lower
             calls.append(1)
             return 1.0 if len(calls) == 1 else 0.5
@@ -273,23 +299,22 @@ def test_accuracy_aware_tuning_that_cannot_meet_its_target_fails_clearly(pipelin
     assert len(calls) >= 2 and store.digests() == before
 
 
-def test_metric_module_against_hand_computed_values():
-    import evaluate as hf_evaluate
-
-    metric = hf_evaluate.load(str(evaluate.METRIC_MODULE))
-    result = metric.compute(predictions=[0, 0, 1, 2, 2, 2], references=[0, 1, 1, 2, 2, 0], num_labels=3)
+def test_classification_report_against_hand_computed_values():
+    result = classification_report([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], num_labels=3)
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert result["confusion_matrix"] == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
     # class 0: p=1/2 r=1/2; class 1: p=1 r=1/2; class 2: p=2/3 r=1
     assert result["per_class_f1"] == pytest.approx([0.5, 2 / 3, 0.8])
     assert result["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    assert classification_report([1, 1], [0, 0], num_labels=2)["per_class_f1"] == [0.0, 0.0]  # no division by zero
 
 
 def test_evaluate_reports_quality_speed_and_size_for_three_models(pipeline):
     store, refs = pipeline
     int8 = run_stage(quantize.STAGE, quantize.QuantizeParams(), {"onnx": refs["onnx"], "tokens": refs["tokens"]}, store)
     report = run_stage(evaluate.STAGE, evaluate.EvaluateParams(latency_sentences=20, warmup=2, rounds=2),
-                       {"tokens": refs["tokens"], "teacher": refs["teacher"], "student": refs["student"], "student_int8": int8}, store)
+                       {"teacher_tokens": refs["tokens"], "teacher": refs["teacher"], "student_tokens": refs["tokens"],
+                        "student": refs["student"], "student_int8": int8}, store)
     metrics = json.loads((store.open(report) / "metrics.json").read_text())
     assert set(metrics["models"]) == {"teacher", "student", "student_int8"}
     for m in metrics["models"].values():
@@ -298,6 +323,9 @@ def test_evaluate_reports_quality_speed_and_size_for_three_models(pipeline):
         assert len(m["latency_p50_rounds_ms"]) == 2 and min(m["latency_p50_rounds_ms"]) <= m["latency_p50_ms"]
         assert len(m["per_class_f1"]) == 6 and 0 <= m["macro_f1"] <= 1
     assert metrics["models"]["student_int8"]["size_bytes"] < metrics["models"]["student"]["size_bytes"]
+    ids, labels = split(store, refs["tokens"], "test")
+    student = predictions(torch_predictor(store.open(refs["student"]))[0], ids, 0)
+    assert metrics["models"]["student"]["accuracy"] == pytest.approx(float((student == labels).mean()))
 
 
 def test_unknown_models_fail_with_the_offline_fix(tmp_path):
@@ -309,128 +337,156 @@ def test_unknown_models_fail_with_the_offline_fix(tmp_path):
     assert load_config("minilm").num_hidden_layers == 6
 
 
-# --- augmentation (Tang et al. 2019) and pretrained students -------------------------
+# --- augmentation on text (Tang et al. 2019) -------------------------------------------
 
 @pytest.fixture(scope="module")
-def vocabulary():
-    from tasks.models import load_tokenizer
-
-    tokenizer = load_tokenizer("minilm")
-    continuation, candidates = augment.whole_words(tokenizer)
-    return tokenizer, continuation, candidates
+def word_table():
+    return augment.word_table()
 
 
-def word_strings(tokenizer, ids) -> list[str]:
-    return tokenizer.decode(ids[1:-1]).split()
-
-
-def test_perturbations_act_on_whole_words_inside_cls_and_sep(vocabulary):
-    tokenizer, continuation, candidates = vocabulary
-    ids = np.array(tokenizer("i feel unbelievably happy and a little scared")["input_ids"])
-    words = augment.words_of(ids, continuation)
-    assert len(words) == 8 and any(len(w) > 1 for w in words)  # "unbelievably" is several pieces
+def test_perturbations_act_on_whole_words():
+    words = "i feel unbelievably happy and a little scared".split()
     rng = np.random.default_rng(0)
-    mask_id = tokenizer.mask_token_id
+    masked = augment.perturb(words, augment.AugmentParams(copies=1, mask_probability=1, ngram_probability=0), {}, rng)
+    assert masked == ["[MASK]"] * 8  # one mask per word, however many pieces a tokenizer makes of it
 
-    masked = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=1, ngram_probability=0), continuation, {}, mask_id, rng)
-    assert masked.tolist() == [ids[0]] + [mask_id] * 8 + [ids[-1]]  # one [MASK] per word, however many pieces
+    neighbours = {w: ["glad"] for w in words if w != "unbelievably"}
+    replaced = augment.perturb(words, augment.AugmentParams(copies=1, mask_probability=0, neighbour_probability=1, ngram_probability=0),
+                               neighbours, rng)
+    assert replaced == ["glad", "glad", "unbelievably", "glad", "glad", "glad", "glad", "glad"]  # words without neighbours stay
 
-    neighbours = {int(w[0]): np.array([tokenizer.convert_tokens_to_ids("glad")]) for w in words if len(w) == 1}
-    replaced = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=0, neighbour_probability=1, ngram_probability=0),
-                               continuation, neighbours, mask_id, rng)
-    out = word_strings(tokenizer, replaced)
-    assert out == ["glad", "glad", "unbelievably", "glad", "glad", "glad", "glad", "glad"]  # multi-piece words stay
-
-    original = word_strings(tokenizer, ids)
     for _ in range(20):
-        window = augment.perturb(ids, augment.AugmentParams(copies=1, mask_probability=0, ngram_probability=1, max_ngram=3),
-                                 continuation, {}, mask_id, rng)
-        kept = word_strings(tokenizer, window)
-        assert 1 <= len(kept) <= 3 and window[0] == ids[0] and window[-1] == ids[-1]
-        assert any(original[i:i + len(kept)] == kept for i in range(len(original)))  # a contiguous window
+        kept = augment.perturb(words, augment.AugmentParams(copies=1, mask_probability=0, ngram_probability=1, max_ngram=3), {}, rng)
+        assert 1 <= len(kept) <= 3
+        assert any(words[i:i + len(kept)] == kept for i in range(len(words)))  # a contiguous window
 
 
-def test_vocabulary_neighbours_are_whole_words_near_in_embedding_space(vocabulary):
-    tokenizer, continuation, candidates = vocabulary
-    embeddings = load_classifier("minilm", EMOTION_LABELS).get_input_embeddings().weight
-    happy, movie = tokenizer.convert_tokens_to_ids(["happy", "movie"])
-    found = augment.nearest_words(embeddings, np.array([happy, movie]), candidates, 10)
-    assert set(found) == {happy, movie} and all(len(v) == 10 for v in found.values())
-    assert happy not in found[happy] and not any(continuation[found[happy]])
-    assert {"glad", "pleased"} <= set(tokenizer.convert_ids_to_tokens(found[happy].tolist()))
-    assert "film" in tokenizer.convert_ids_to_tokens(found[movie].tolist())
+def test_neighbours_are_whole_words_near_in_a_teacher_independent_table(word_table):
+    words, table = word_table
+    assert len(words) > 15000 and all(w.isalpha() for w in words[:1000])
+    np.testing.assert_allclose(np.linalg.norm(table[:50], axis=1), 1, atol=1e-5)
+    found = augment.nearest_words(words, table, ["happy", "movie", "zzzqx"], 10)
+    assert set(found) == {"happy", "movie"} and all(len(v) == 10 for v in found.values())  # unknown words get none
+    assert "happy" not in found["happy"] and {"glad", "pleased"} <= set(found["happy"])
+    assert "film" in found["movie"]
 
 
-def test_augmented_variants_are_new_and_labelled_by_the_teacher(pipeline):
-    from tasks.training import predict_logits
+def test_augmented_variants_are_new_texts_any_tokenizer_reads(pipeline, word_table):
+    from tasks.encoding import encoder_for
+    from tasks.formats import read_augmented, read_texts
 
     store, refs = pipeline
-    made = run_stage(augment.STAGE, augment.AugmentParams(copies=3, seed=1), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
-    variants, logits = augment.read_augmented(store.open(made))
-    train_ids, train_labels = read_tokens(store.open(refs["tokens"]), "train")
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=3, seed=1), {"dataset": refs["dataset"]}, store)
+    variants, sources = read_augmented(store.open(made))
+    train = read_texts(store.open(refs["dataset"]), "train")
     metrics = store.manifest(made)["metrics"]
-    assert metrics["tried"] == 1200 and 600 < metrics["rows"] == len(variants) == len(logits) <= 1200
+    assert metrics["tried"] == 1200 and 600 < metrics["rows"] == len(variants) <= 1200
     assert metrics["rows"] + metrics["duplicates_dropped"] == 1200
-    keys = [tuple(v.tolist()) for v in variants]
-    assert len(set(keys)) == len(keys) and not set(keys) & {tuple(s.tolist()) for s in train_ids}
-    assert all(v[0] == 101 and v[-1] == 102 and len(v) <= 32 for v in variants)
-    teacher_model = load_trained(store.open(refs["teacher"]) / "model")
-    np.testing.assert_allclose(logits[:50], predict_logits(teacher_model, variants[:50]), atol=1e-4)
+    assert len(set(variants)) == len(variants) and not set(variants) & set(train)
+    table_words = set(word_table[0])
+    assert all(set(v.split()) - {"[MASK]"} <= set(train[s].split()) | table_words
+               for v, s in zip(variants, sources))  # words of the source, masks, or table words
+    masked = next(v for v in variants if "[MASK]" in v)
+    bert = encoder_for("minilm", 32).encode([masked])[0]
+    mpnet = encoder_for("tiny-mpnet", 32).encode([masked])[0]
+    assert 103 in bert  # [MASK] for BERT ...
+    assert encoder_for("tiny-mpnet", 32).tokenizer.mask_token_id in mpnet  # ... <mask> for MPNet
 
 
-def test_no_copies_writes_an_empty_set_without_loading_the_teacher(tmp_path):
+def test_no_copies_writes_an_empty_set_and_reads_nothing(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    inputs = {"tokens": tmp_path / "no-tokens", "teacher": tmp_path / "no-teacher"}  # would fail if read
+    inputs = {"dataset": tmp_path / "no-dataset"}  # would fail if read
     assert augment.build_augmented(augment.AugmentParams(), inputs, out, Progress(bar=False)) == {"rows": 0}
-    assert augment.read_augmented(out)[0] == []
+    from tasks.formats import read_augmented
+
+    assert read_augmented(out)[0] == []
 
 
 def test_distillation_trains_on_the_augmented_examples(pipeline):
     store, refs = pipeline
-    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=2), {"tokens": refs["tokens"], "teacher": refs["teacher"]}, store)
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=2), {"dataset": refs["dataset"]}, store)
     rows = store.manifest(made)["metrics"]["rows"]
+    labels = teacher_labels(store, refs, made)
+    assert store.manifest(labels)["metrics"]["rows"] == 400 + rows
     student = run_stage(distil.STAGE, distil.StudentParams(epochs=1, learning_rate=2e-3, batch_size=16),
-                        {**student_inputs(refs), "augmented": made}, store)
+                        student_inputs(refs, augmented=made, soft_labels=labels), store)
     metrics = store.manifest(student)["metrics"]
     assert metrics["augmented_examples"] == rows > 0
     assert metrics["steps"] >= (400 + rows) / 16 > 400 / 16 + 10  # batches of at most 16 over both sets
 
 
+def test_soft_labels_of_other_texts_are_never_used(pipeline):
+    store, refs = pipeline
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=3), {"dataset": refs["dataset"]}, store)
+    other = teacher_labels(store, refs, made)  # logits for train + these variants
+    assert soft_labels.STAGE.problem_with(store, other, {"tokens": refs["tokens"], "teacher": refs["teacher"],
+                                                         "augmented": refs["augmented"]})
+    assert soft_labels.STAGE.problem_with(store, refs["soft_labels"], {"tokens": refs["tokens"], "teacher": refs["teacher"],
+                                                                       "augmented": refs["augmented"]}) == ""
+    before = store.digests()
+    with pytest.raises(RuntimeError, match="soft labels do not belong to these texts"):
+        run_stage(distil.STAGE, distil.StudentParams(epochs=1), student_inputs(refs, soft_labels=other), store)
+    assert store.digests() == before
+
+
+# --- students independent of the teacher -------------------------------------------------
+
 def test_a_pretrained_student_of_another_shape_is_distilled(pipeline, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from tasks.training import predict_logits
-
     store, refs = pipeline
     config = load_config("tiny", num_labels=6)
-    config.hidden_size, config.num_hidden_layers, config.intermediate_size = 32, 1, 64
+    config.hidden_size, config.num_hidden_layers, config.intermediate_size = 32, 2, 64
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "small-bert")
-    student = run_stage(distil.STAGE, distil.StudentParams(model=str(tmp_path / "small-bert"), epochs=2, learning_rate=3e-3, batch_size=16),
+    from tasks.models import load_tokenizer
+
+    load_tokenizer("minilm").save_pretrained(tmp_path / "small-bert")
+    student = run_stage(distil.STAGE, distil.StudentParams(init=str(tmp_path / "small-bert"), layers=[0, 1], epochs=2,
+                                                           learning_rate=3e-3, batch_size=16),
                         student_inputs(refs), store)
     trained = load_trained(store.open(student) / "model")
-    assert (trained.config.hidden_size, trained.config.num_hidden_layers) == (32, 1)
+    assert (trained.config.hidden_size, trained.config.num_hidden_layers) == (32, 2)
     assert trained.config.id2label[0] == "sadness"
-    ids, _ = read_tokens(store.open(refs["tokens"]), "validation")
-    target = predict_logits(load_trained(store.open(refs["teacher"]) / "model"), ids)
-    gap = lambda model: float(((predict_logits(model, ids) - target) ** 2).mean())  # noqa: E731
+    ids, _ = split(store, refs["tokens"], "validation")
+    target = predict_logits(load_trained(store.open(refs["teacher"]) / "model"), ids, 0)
+    gap = lambda model: float(((predict_logits(model, ids, 0) - target) ** 2).mean())  # noqa: E731
     assert gap(trained) < 0.7 * gap(load_trained(tmp_path / "small-bert"))
 
 
-def test_pretrained_students_are_checked_before_training(tmp_path):
-    teacher_config = load_config("tiny")
-    with pytest.raises(DistilleryError) as offline:
-        distil.check_student(distil.StudentParams(model="google/bert_uncased_L-4_H-256_A-4"), teacher_config)
-    assert "Hub did not provide it" in str(offline.value) and "'minilm'" in str(offline.value)
-    other = load_config("tiny")
-    other.vocab_size = 1000
-    other.save_pretrained(tmp_path / "other-vocab")
-    with pytest.raises(DistilleryError, match="vocabulary of 1000 tokens, the teacher 30522"):
-        distil.check_student(distil.StudentParams(model=str(tmp_path / "other-vocab")), teacher_config)
-    with pytest.raises(ValueError, match="not both"):
-        distil.StudentParams(model="x", layers=[0])
-    with pytest.raises(ValueError, match="hidden_weight 0"):
-        distil.StudentParams(model="x", hidden_weight=1.0)
+def test_student_init_cuts_the_packaged_minilm_to_its_layers(pipeline, monkeypatch):
+    store, refs = pipeline
+    student, depth, layers = distil.initial_student(distil.StudentParams(init="minilm", layers=[0, 5]), EMOTION_LABELS,
+                                                    store.open(refs["teacher"]))
+    minilm = load_classifier("minilm", EMOTION_LABELS)
+    assert (depth, layers, student.config.num_hidden_layers, student.config.hidden_size) == (6, [0, 5], 2, 384)
+    assert torch.equal(student.bert.encoder.layer[1].output.dense.weight, minilm.bert.encoder.layer[5].output.dense.weight)
+
+
+def test_logits_only_distillation_never_runs_the_teacher(pipeline, monkeypatch):
+    """A student-only change costs no teacher inference: distil_student never loads the teacher."""
+    import tasks.distil as distil_module
+
+    store, refs = pipeline
+    teacher_folder = store.open(refs["teacher"]) / "model"
+    forward_passes = []
+    real = distil_module.load_trained
+
+    def counting(folder):
+        model = real(folder)
+        if Path(folder) == teacher_folder:
+            original = model.forward
+            model.forward = lambda *a, **k: forward_passes.append(1) or original(*a, **k)
+        return model
+
+    monkeypatch.setattr(distil_module, "load_trained", counting)
+    for seed in (1, 2):
+        run_stage(distil.STAGE, distil.StudentParams(init="tiny", epochs=1, learning_rate=2e-3, batch_size=16, seed=seed),
+                  student_inputs(refs), store)
+    assert forward_passes == []
+    run_stage(distil.STAGE, distil.StudentParams(epochs=1, learning_rate=2e-3, batch_size=16, hidden_weight=1.0, seed=3),
+              student_inputs(refs), store)
+    assert len(forward_passes) >= 400 / 16  # hidden-state matching does need it, once per batch
 
 
 def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline, tmp_path):
@@ -457,8 +513,66 @@ def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline,
     fused = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     assert fused & {"MatMulIntegerToFloat", "QGemm", "QLinearMatMul", "MatMulInteger"}  # integer kernels run
 
-    ids, labels = read_tokens(store.open(refs["tokens"]), "test")
+    ids, labels = split(store, refs["tokens"], "test")
     session = onnx_session(folder / "model.onnx")
-    predicted = np.concatenate([onnx_logits(session, *(t.numpy() for t in pad(ids, [i]))) for i in range(len(ids))]).argmax(1)
-    student = predictions(evaluate.torch_predictor(store.open(refs["student"]))[0], ids)
+    predicted = np.concatenate([onnx_logits(session, *(t.numpy() for t in pad(ids, [i], 0))) for i in range(len(ids))]).argmax(1)
+    student = predictions(torch_predictor(store.open(refs["student"]))[0], ids, 0)
     assert (predicted == student).mean() > 0.6  # fine-tuned from the student, not from scratch
+
+
+# --- a teacher of another make: tiny MPNet with its own vocabulary ------------------------
+
+@pytest.fixture(scope="module")
+def mpnet(pipeline):
+    """The same data through a tiny MPNet teacher (pad id 1) and a tiny BERT student with MiniLM's vocabulary."""
+    store, refs = pipeline
+    made = {"dataset": refs["dataset"], "augmented": refs["augmented"], "student_tokens": refs["tokens"]}
+    made["teacher_tokens"] = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny-mpnet", max_length=32),
+                                       {"dataset": refs["dataset"]}, store)
+    made["teacher"] = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny-mpnet", epochs=6, learning_rate=3e-3, batch_size=16),
+                                {"tokens": made["teacher_tokens"]}, store)
+    made["soft_labels"] = run_stage(soft_labels.STAGE, soft_labels.SoftLabelParams(),
+                                    {"tokens": made["teacher_tokens"], "teacher": made["teacher"], "augmented": refs["augmented"]}, store)
+    made["student"] = run_stage(distil.STAGE, distil.StudentParams(init="tiny", epochs=8, learning_rate=3e-3, batch_size=16),
+                                {"tokens": refs["tokens"], "soft_labels": made["soft_labels"], "augmented": refs["augmented"],
+                                 "teacher": made["teacher"]}, store)
+    return store, made
+
+
+def test_mpnet_teacher_reads_its_own_ids_and_pads_with_its_own_pad_id(mpnet):
+    store, made = mpnet
+    teacher_tokens, student_tokens = tokens_of(store, made["teacher_tokens"]), tokens_of(store, made["student_tokens"])
+    assert (teacher_tokens.spec.pad_id, student_tokens.spec.pad_id) == (1, 0)
+    assert teacher_tokens.spec.special_tokens["mask_token"] == "<mask>" and teacher_tokens.spec.vocab_size < 10000
+    t_ids, t_labels = teacher_tokens.split("train")
+    s_ids, s_labels = student_tokens.split("train")
+    assert np.array_equal(t_labels, s_labels) and teacher_tokens.spec.texts_sha256 == student_tokens.spec.texts_sha256
+    assert any(not np.array_equal(a, b) for a, b in zip(t_ids[:20], s_ids[:20]))  # same texts, other ids
+    model = load_trained(store.open(made["teacher"]) / "model")
+    assert model.config.model_type == "mpnet"
+    # The pad id matters for MPNet: its position ids come from where the padding is.
+    ids = t_ids[:8]
+    right = predict_logits(model, ids, 1)
+    alone = np.concatenate([predict_logits(model, [s], 1) for s in ids])
+    np.testing.assert_allclose(right, alone, atol=1e-4)
+
+
+def test_a_bert_student_learns_from_an_mpnet_teacher_through_texts(mpnet, pipeline):
+    store, made = mpnet
+    t_ids, _ = split(store, made["teacher_tokens"], "train")
+    s_ids, _ = split(store, made["student_tokens"], "train")
+    target = predict_logits(load_trained(store.open(made["teacher"]) / "model"), t_ids, 1)
+    student = load_trained(store.open(made["student"]) / "model")
+    assert student.config.model_type == "bert" and student.config.vocab_size == 30522
+    gap = lambda model: float(((predict_logits(model, s_ids, 0) - target) ** 2).mean())  # noqa: E731
+    trained, untrained = gap(student), gap(shrink(load_classifier("tiny", EMOTION_LABELS, seed=42), [0]))
+    print(f"\nFIGURE tiny BERT student's logit MSE to the tiny MPNet teacher on the training texts: {trained:.4f} "
+          f"(untrained: {untrained:.4f})")
+    assert trained < 0.5 * untrained  # the same rows, each model on its own ids
+
+
+def test_mpnet_exports_to_a_plain_onnx_graph_that_matches_pytorch(mpnet):
+    store, made = mpnet
+    ref = run_stage(export.STAGE, export.ExportParams(), {"model": made["teacher"], "tokens": made["teacher_tokens"]}, store)
+    metrics = store.manifest(ref)["metrics"]
+    assert metrics["fused"] is False and metrics["parity_max_abs_diff"] < 1e-3

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from conftest import REPO
-from flows.pipeline import STAGE_NAMES
+from flows.pipeline import STEP_NAMES
 from teamstack import BIN, deployment_run, query
 
 
@@ -51,7 +51,7 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
     assert all(run.returncode == 0 for run in runs), [o[-2000:] for o in outputs]
     flow_runs = [r for r in query(stack, "emotion") if r["id"] not in earlier]
     assert len(flow_runs) == 2 and all(r["state"] == "Completed" for r in flow_runs), flow_runs
-    for stage in STAGE_NAMES:
+    for stage in STEP_NAMES:
         states = sorted(r["tasks"][stage] for r in flow_runs)
         assert states == ["Cached", "Completed"], (stage, states)
     # each worker (own working folder, own PREFECT_HOME) ran one of them, on its share
@@ -67,7 +67,7 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
     assert third.communicate(timeout=600)[0] and third.returncode == 0
     newest = [r for r in query(stack, "emotion") if r["id"] not in earlier | {f["id"] for f in flow_runs}]
     # Every stage cached; only the run's own report (never cached) was written.
-    assert {stage: newest[0]["tasks"][stage] for stage in STAGE_NAMES} == {stage: "Cached" for stage in STAGE_NAMES}
+    assert {stage: newest[0]["tasks"][stage] for stage in STEP_NAMES} == {stage: "Cached" for stage in STEP_NAMES}
     assert newest[0]["tasks"]["report"] == "Completed"
 
 

@@ -39,7 +39,11 @@ FLAG_CASES = {
     "conflicting options": (["--quantize-approach", "dynamic", "--quantize-quant-format", "QDQ"], "static quantization only", "approach to static"),
     "impossible length": (["--tokenize-max-length", "4"], "--tokenize-max-length", "greater than or equal to 8"),
     "malformed JSON": (["--data-splits", "{train: train"], "--data-splits", "expected JSON"),
-    "student deeper than teacher": (["--student-layers", "0,1,2"], "do not fit a 2-layer teacher", "--student-layers"),
+    "student deeper than its init": (["--student-layers", "0,1,2"], "do not fit student init 'tiny', which has 2 layers", "--student-layers"),
+    "student layers outside minilm": (["--student-init", "minilm", "--student-layers", "0,6"], "which has 6 layers", "--student-layers 0,2,4"),
+    "student cut from a teacher too shallow": (["--student-init", "teacher", "--student-layers", "0,2"], "do not fit the teacher", "--student-layers"),
+    "hidden states across tokenizers": (["--student-hidden-weight", "1"], "matches hidden states token by token", "--student-hidden-weight 0"),
+    "unknown student init offline": (["--student-init", "nobody/no-such-student"], "Hugging Face Hub", "'minilm'"),
     "student layers out of order": (["--student-layers", "1,0"], "distinct, ascending", "--student-layers"),
     "missing model folder": (["--teacher", "./no-such-checkpoint"], "does not exist", "'minilm'"),
     "unknown hub model offline": (["--teacher", "nobody/no-such-model"], "Hugging Face Hub", "'minilm'"),
@@ -67,6 +71,19 @@ def test_bad_data_is_refused(case, tmp_path, emotion_dir, guarded_store):
     change, flags, problem, fix = DATA_CASES[case]
     data = broken_data(tmp_path, emotion_dir, "data", change)
     refuse(["--smoke", "--data", data, *flags], tmp_path, guarded_store, problem, fix)
+
+
+def test_student_init_whose_tokenizer_or_weights_are_missing_is_refused(tmp_path, emotion_dir, guarded_store):
+    from tasks.models import load_classifier, load_config
+
+    no_tokenizer = tmp_path / "weights-without-tokenizer"
+    load_classifier("tiny", ["a", "b"]).save_pretrained(no_tokenizer)
+    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_tokenizer)], tmp_path, guarded_store,
+           "its tokenizer cannot be loaded", "tokenizer.save_pretrained")
+    no_weights = tmp_path / "config-only"
+    load_config("tiny").save_pretrained(no_weights)
+    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_weights)], tmp_path, guarded_store,
+           "holds no model weights", "save_pretrained")
 
 
 @pytest.mark.parametrize("case", sorted(FLAG_CASES))

@@ -24,7 +24,8 @@ def test_list_shows_every_artifact_and_what_keeps_it(cold, tmp_path):
         assert stage["artifact"][:12] in out.stdout
     report = cold[2].summary["report"]["artifact"]
     assert f"{report[:12]}  run-report report" in out.stdout and "alias emotion/report" in out.stdout
-    assert "record " in out.stdout and "9 artifacts" in out.stdout  # eight stages and the run's report
+    assert "record " in out.stdout and "12 artifacts" in out.stdout  # ten steps, the run's report and its run record
+    assert f"{cold[2].summary['run'][:12]}  run      run" in out.stdout
 
 
 def test_verify_finds_a_flipped_byte_and_repair_removes_it(cold, tmp_path):
@@ -76,28 +77,29 @@ def test_explain_names_what_changed(cold, tmp_path):
     lines = dict(line.split(": ", 1) for line in changed.stdout.splitlines())
     assert lines["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in lines["quantize"]
     assert "upstream quantize reruns" in lines["evaluate"]
-    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize", "fine_tune_teacher", "distil_student", "export_onnx"))
+    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "distil_student", "export_onnx"))
     record = next((store / "records").iterdir())
     json.loads(record.read_text())  # records are plain JSON
 
 
 
 def test_explain_names_an_input_a_stage_gained_since_its_artifact(cold, monkeypatch):
-    # Stores made before a stage was added upstream (the augmentation stage, for one)
+    # Stores made before a stage was added upstream (the soft-label stage, for one)
     # hold artifacts whose manifests lack that input; explain says so instead of failing.
     from flows import explain
 
     def without_augmented(store, name):
         manifests = last_manifests(store, name)
         manifests["distil_student"] = {**manifests["distil_student"], "upstream": {
-            k: v for k, v in manifests["distil_student"]["upstream"].items() if k != "augmented"}}
+            k: v for k, v in manifests["distil_student"]["upstream"].items() if k != "soft_labels"}}
         return manifests
 
     last_manifests = explain.last_manifests
     monkeypatch.setattr(explain, "last_manifests", without_augmented)
     lines = dict(line.split(": ", 1) for line in explain.explain(ArtifactStore(str(cold[0])), "emotion", cold[1][2], True,
                                                                  {"student": {"seed": 7}}))
-    assert lines["distil_student"] == ("would run: it now also reads 'augmented', which its artifact was made without; "
+    assert lines["distil_student"] == ("would run: it now also reads 'soft_labels', which its artifact was made without; "
                                        "parameter seed: 42 -> 7")
     assert lines["export_onnx"].startswith("would run: upstream distil_student reruns")
-    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize", "fine_tune_teacher", "augment_data"))
+    assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "augment_data",
+                                                         "soft_labels"))

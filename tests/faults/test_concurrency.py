@@ -3,7 +3,7 @@
 import threading
 
 from conftest import run_cli
-from flows.pipeline import STAGE_NAMES
+from flows.pipeline import STEP_NAMES
 
 
 def test_three_identical_concurrent_runs_compute_each_stage_once(tmp_path, emotion_dir):
@@ -20,7 +20,7 @@ def test_three_identical_concurrent_runs_compute_each_stage_once(tmp_path, emoti
     for t in threads:
         t.join()
     assert all(r.code == 0 for r in runs), [r.output[-2000:] for r in runs]
-    for stage in STAGE_NAMES:
+    for stage in STEP_NAMES:
         states = sorted(r.states()[stage] for r in runs)
         assert states == ["cached", "cached", "computed"], (stage, states)
     assert len({r.summary["stages"]["quantize"]["artifact"] for r in runs}) == 1

@@ -16,10 +16,11 @@ TRAIN = textwrap.dedent("""
     import sys
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from tasks import data, teacher, tokenize
+    from tasks import fetch, teacher, tokenize
+    from tasks.sources import DataParams
     store = ArtifactStore(sys.argv[1])
     say = Progress(lambda m: print(m, flush=True), every_seconds=3600)
-    d = run_stage(data.STAGE, data.DataParams(source=sys.argv[2], max_train_rows=400, max_eval_rows=50), {}, store, say)
+    d = run_stage(fetch.STAGE, DataParams(source=sys.argv[2], max_train_rows=400, max_eval_rows=50), {}, store, say)
     t = run_stage(tokenize.STAGE, tokenize.TokenizeParams(tokenizer="tiny", max_length=32), {"dataset": d}, store, say)
     m = run_stage(teacher.STAGE, teacher.TeacherParams(model="tiny", epochs=4, batch_size=8), {"tokens": t}, store, say)
     print("DIGEST", m.digest, flush=True)
@@ -79,7 +80,7 @@ def test_killed_pipeline_reruns_only_the_interrupted_stage_onwards(tmp_path, emo
     victim.wait()
     run = run_cli(args, tmp_path, extra_env={"DISTILLERY_CHECKPOINT_SECONDS": "1"})
     assert run.code == 0, run.output[-3000:]
-    assert run.states()["fetch_dataset"] == run.states()["tokenize"] == "cached"
+    assert run.states()["fetch_dataset"] == run.states()["tokenize_teacher"] == "cached"
     assert run.states()["fine_tune_teacher"] == "computed"
     resumed = int(re.search(r"fine_tune_teacher: resumed from the checkpoint at step (\d+)", run.output).group(1))
     assert resumed >= saved

@@ -38,4 +38,4 @@ def test_server_restart_during_a_run_loses_no_finished_work(stack):
     assert again.returncode == 0
     rerun = [r for r in query(stack, "emotion") if r["id"] not in earlier | {interrupted["id"]}][0]
     assert rerun["state"] == "Completed"
-    assert rerun["tasks"]["fetch_dataset"] == rerun["tasks"]["tokenize"] == "Cached"  # done before the restart, not redone
+    assert rerun["tasks"]["fetch_dataset"] == rerun["tasks"]["tokenize_teacher"] == "Cached"  # done before the restart, not redone

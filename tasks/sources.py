@@ -1,4 +1,6 @@
-"""Stage `fetch_dataset`: read a labelled text data set into canonical splits.
+"""Reading a labelled text data set from its source into checked, canonical splits.
+
+The helper behind stage `fetch_dataset` (tasks/fetch.py) and the pipeline's preflight.
 
 Sources: a Hugging Face Hub id (e.g. dair-ai/emotion), or a folder (local path or
 any fsspec URI) holding one file per split in one of these formats:
@@ -7,11 +9,8 @@ any fsspec URI) holding one file per split in one of these formats:
   .csv      comma separated with a header
   .jsonl    one JSON object per line
   .parquet
-The artifact holds train/validation/test parquet files with columns `text` (str)
-and `label` (int64), plus labels.json with the label names in id order. Its digest
-depends on that content only, so the same data read from the Hub or from a local
-copy is the same artifact. Every problem with the data is reported here, before any
-model is loaded or trained, and nothing is published.
+Every problem with the data is reported here, before any model is loaded or
+trained, and nothing is published.
 """
 
 from __future__ import annotations
@@ -28,10 +27,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from artifacts.stage import Progress, Stage
 from tasks.errors import DistilleryError
+from tasks.formats import SPLITS
 
-SPLITS = ("train", "validation", "test")
 SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
 FORMATS = (".txt", ".tsv", ".csv", ".jsonl", ".parquet")
 TEXT_COLUMNS = ("text", "sentence")
@@ -310,29 +308,3 @@ def source_fingerprint(params: DataParams) -> dict:
                 digest.update(chunk)
         checksums[split] = {"name": path.rsplit("/", 1)[-1], "sha256": digest.hexdigest()}
     return {"files": checksums}
-
-
-def build_dataset(params: DataParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    splits, names = load_splits(params)
-    for split, frame in splits.items():
-        frame.to_parquet(out / f"{split}.parquet", index=False)
-    (out / "labels.json").write_text(json.dumps({"names": names}))
-    counts = {s: {names[i]: int(n) for i, n in enumerate(np.bincount(f["label"], minlength=len(names)))} for s, f in splits.items()}
-    progress.info("fetch_dataset: " + ", ".join(f"{s} {len(f)} rows" for s, f in splits.items()))
-    return {"rows": {s: len(f) for s, f in splits.items()}, "label_counts": counts, "labels": names}
-
-
-def read_dataset(folder: Path) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    names = json.loads((folder / "labels.json").read_text())["names"]
-    return {s: pd.read_parquet(folder / f"{s}.parquet") for s in SPLITS}, names
-
-
-STAGE = Stage(
-    name="fetch_dataset",
-    kind="dataset",
-    params=DataParams,
-    inputs=(),
-    build=build_dataset,
-    libraries=("pandas", "pyarrow"),
-    extra_key=source_fingerprint,
-)

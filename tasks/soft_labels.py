@@ -1,0 +1,68 @@
+"""Stage `soft_labels`: the teacher's logits on the distillation set, computed once.
+
+The distillation set is the train split followed by the augmented texts. The teacher
+reads them with its own tokenizer (the train ids of its tokens artifact, and the
+augmented texts encoded with the same tokenizer), so a teacher of another make and
+vocabulary than the student teaches it through texts, never through shared ids.
+The artifact is row-aligned with those texts and carries their digest;
+`distil_student` and every cache hit check it (`soft_labels_problem`), so logits are
+never paired with other texts. Because this stage is cached, a change to a student
+parameter costs no teacher inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifacts.stage import Progress, Stage
+from tasks.encoding import encoder_of
+from tasks.formats import (SOFT_LABELS, distillation_texts_digest, model_folder, open_tokens, read_augmented,
+                           soft_labels_problem, write_soft_labels)
+from tasks.models import load_trained
+from tasks.training import predict_logits
+
+
+class SoftLabelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(128, ge=1, le=4096, description="texts per teacher forward pass (length-sorted, padded per batch)")
+
+
+def build_soft_labels(params: SoftLabelParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
+    tokens = open_tokens(inputs["tokens"])
+    train_ids, train_labels = tokens.split("train")
+    augmented, sources = read_augmented(inputs["augmented"])
+    sequences = train_ids + encoder_of(tokens).encode(augmented)
+    teacher = load_trained(model_folder(inputs["teacher"]))
+    progress.info(f"soft_labels: teacher logits for {len(train_ids)} training and {len(augmented)} augmented texts")
+    logits = predict_logits(teacher, sequences, tokens.spec.pad_id, params.batch_size, progress, "soft_labels")
+    predicted = logits.argmax(1)
+    stats = {
+        "teacher_forward_batches": int(np.ceil(len(sequences) / params.batch_size)),
+        "teacher_train_accuracy": round(float((predicted[: len(train_ids)] == train_labels).mean()), 5),
+        # How often the teacher's label for a variant differs from its source's gold label:
+        # the share of "new" supervision the augmentation brings (and of noise, if too high).
+        "augmented_label_differs_from_source": round(float((predicted[len(train_ids):] != train_labels[sources]).mean()), 4)
+        if len(augmented) else 0.0,
+    }
+    write_soft_labels(out, logits, distillation_texts_digest(tokens.spec.texts_sha256["train"], augmented), len(train_ids), stats)
+    return {"rows": len(sequences), **stats}
+
+
+def validate(artifact: Path, inputs: Mapping[str, Path]) -> str:
+    return soft_labels_problem(artifact, inputs["tokens"], inputs["augmented"])
+
+
+STAGE = Stage(
+    name="soft_labels",
+    writes=SOFT_LABELS,
+    params=SoftLabelParams,
+    inputs=("tokens", "teacher", "augmented"),
+    build=build_soft_labels,
+    libraries=("torch", "transformers"),
+    validate=validate,
+)
