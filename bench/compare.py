@@ -3,29 +3,32 @@
     python bench/compare.py --store .distillery --workload emotion
     python bench/compare.py --quick        # a test slice; under 2 minutes on cached artifacts
 
-Starts from the workload's `<workload>/latest` INT8 student (or `--int8`, an alias or
-digest) and follows its lineage
-to the FP32 student, the teacher and the tokens. The teacher's ONNX export and INT8
-model are made with the same stages and parameters as the student's (reused when
-the store already holds them, and kept under `<workload>/compare/...` aliases);
-onnxruntime's `quantize_dynamic` of the student is the baseline INC must beat. The
-QAT student (stage `qat_student`: INC quantization-aware fine-tuning of the same
-student, exported as QDQ INT8 ONNX) is built, or reused, the same way.
+Measures the run that `<workload>/latest` records (or `--int8`: a run record, or a
+run's INT8 student). Its record names the teacher, the FP32 student, its ONNX and
+INT8 models and both tokens artifacts. The teacher's ONNX export and INT8 model are
+made with the same stages and parameters as the student's, from the teacher's own
+tokens (reused when the store already holds them, and kept under
+`<workload>/compare/...` aliases); onnxruntime's `quantize_dynamic` of the student
+is the baseline INC must beat. The QAT student (stage `qat_student`: INC
+quantization-aware fine-tuning of the same student on its tokens, exported as QDQ
+INT8 ONNX) is built, or reused, the same way.
 
-For each variant: accuracy and macro-F1 on the test split, batch-1 latency p50/p95
-over test sentences at their real lengths (all variants timed in turns, `--rounds`
-of them, each reporting its median round: see tasks/timing.py), throughput at
-batch 32 (test order, padded per batch), file size, and each one's ratio to the
-teacher in FP32 PyTorch.
-Writes JSON and a markdown table.
+Teacher and student may read different tokenizers: every model is measured on its
+own tokens of the same test rows (the run's two tokens artifacts are row-aligned).
+For each variant: accuracy, macro-F1 and per-class F1 on the test split
+(tasks/measure.py, as the evaluate stage scores), batch-1 latency p50/p95 over test
+sentences at their real lengths (all variants timed in turns, `--rounds` of them,
+each reporting its median round: see tasks/measure.py), throughput at batch 32 (test
+order, padded per batch), file size, and each one's ratio to the teacher in FP32
+PyTorch. Writes JSON and a markdown table.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,52 +36,64 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from artifacts.records import RecordError, read_record  # noqa: E402
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
+from bench.command import find_run, ref_of  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import pad  # noqa: E402
-from tasks.evaluate import onnx_predictor, torch_predictor  # noqa: E402
-from tasks.timing import Predict, interleaved_latency_ms, predictions  # noqa: E402
-from tasks.tokenize import read_tokens  # noqa: E402
+from tasks.formats import Tokens, onnx_file, open_tokens  # noqa: E402
+from tasks.measure import Predict, interleaved_latency_ms, quality  # noqa: E402
+from tasks.predictors import onnx_predictor, torch_predictor  # noqa: E402
 
 BASELINE = "teacher FP32 PyTorch"
+RUN_ROLES = ("teacher_tokens", "student_tokens", "teacher", "student", "student_onnx", "student_int8")
+# name, the artifact it loads, and how: every variant of the run and of this benchmark.
+VARIANTS = (
+    (BASELINE, "teacher", "torch"),
+    ("teacher FP32 ONNX", "teacher_onnx", "onnx"),
+    ("teacher INT8 (INC)", "teacher_int8", "onnx"),
+    ("student FP32 PyTorch", "student", "torch"),
+    ("student FP32 ONNX", "student_onnx", "onnx"),
+    ("student INT8 (INC)", "student_int8", "onnx"),
+    ("student INT8 (onnxruntime quantize_dynamic)", "student_ort_dynamic", "onnx"),
+    ("student QAT INT8 (INC QAT, QDQ)", "student_qat", "onnx"),
+)
 
 
-def ref_of(store: ArtifactStore, digest: str) -> ArtifactRef:
-    return ArtifactRef(kind=store.manifest(digest)["kind"], digest=digest)
+def side_of(artifact: str) -> str:
+    """Whose tokens an artifact reads: every teacher_* model the teacher's, the rest the student's."""
+    return "teacher" if artifact.startswith("teacher") else "student"
 
 
 def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str) -> ArtifactRef:
     """The artifact this stage made from these inputs before, or a new one; kept by an alias."""
     key = stage.key(params, inputs)
-    for digest in store.digests():
-        if store.manifest(digest).get("key") == key and store.verify(digest).ok:
-            ref = ref_of(store, digest)
-            break
-    else:
+    ref = cached(store, stage, key, inputs)
+    if ref is None:
         print(f"  building {alias} ...", flush=True)
         ref = run_stage(stage, params, inputs, store, Progress(lambda message: None, bar=False))
     store.set_alias(alias, ref)
     return ref
 
 
-def int8_student(store: ArtifactStore, workload: str, start: str | None) -> ArtifactRef:
-    """`start` (an alias or a digest) or the workload's latest run; it must be a `quantize` output."""
-    if start is None:
-        return store.resolve_alias(f"{workload}/latest")
-    if start in store.aliases():
-        ref = store.resolve_alias(start)
-    elif start in store.digests():
-        ref = ref_of(store, start)
-    else:
-        raise SystemExit(f"--int8 {start!r} is neither an alias nor a full artifact digest in {store.root}: "
-                         f"`python -m artifacts --store {store.root} list` shows both")
-    if store.manifest(ref).get("stage") != quantize.STAGE.name:
-        raise SystemExit(f"--int8 {start!r} was made by stage {store.manifest(ref).get('stage')!r}, not "
-                         f"{quantize.STAGE.name!r}: pass the INT8 student of a run, e.g. {workload}/latest")
-    return ref
+def cached(store: ArtifactStore, stage: Stage, key: str, inputs: dict[str, ArtifactRef]) -> ArtifactRef | None:
+    """A usable artifact made under `key`: the pipeline's cache record of it, else a manifest naming it.
+
+    The record comes first because the store keeps an artifact's first manifest: a
+    flow that remade identical content under changed code recorded the new key
+    there only. Either is checked as a cache hit in the pipeline is (checksums, and
+    the stage's own content check if it has one).
+    """
+    candidates = []
+    try:
+        candidates.append(read_record(store, key))
+    except (FileNotFoundError, RecordError):
+        pass
+    candidates += [ref_of(store, digest) for digest in store.digests() if store.manifest(digest).get("key") == key]
+    return next((ref for ref in candidates if not stage.problem_with(store, ref, inputs)), None)
 
 
 def export_params_of(store: ArtifactStore, onnx: ArtifactRef | str) -> export.ExportParams:
@@ -92,36 +107,68 @@ def export_params_of(store: ArtifactStore, onnx: ArtifactRef | str) -> export.Ex
 
 
 def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams, start: str | None = None) -> dict[str, ArtifactRef]:
-    int8 = int8_student(store, workload, start)
-    quantized = store.manifest(int8)
-    onnx = ref_of(store, quantized["upstream"]["onnx"])
-    student = ref_of(store, store.manifest(onnx)["upstream"]["model"])
-    teacher = ref_of(store, store.manifest(student)["upstream"]["teacher"])
-    tokens = ref_of(store, quantized["upstream"]["tokens"])
-    export_params = export_params_of(store, onnx)
-    quantize_params = quantize.QuantizeParams.model_validate(quantized["params"])
-    teacher_onnx = cached_or_run(store, export.STAGE, export_params, {"model": teacher, "tokens": tokens}, f"{workload}/compare/teacher-onnx")
-    teacher_int8 = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": teacher_onnx, "tokens": tokens},
-                                 f"{workload}/compare/teacher-int8")
-    student_qat = cached_or_run(store, qat.STAGE, qat_params, {"tokens": tokens, "student": student}, f"{workload}/compare/student-qat")
-    return {"tokens": tokens, "teacher": teacher, "teacher_onnx": teacher_onnx, "teacher_int8": teacher_int8,
-            "student": student, "student_onnx": onnx, "student_int8": int8, "student_qat": student_qat}
+    """The run's roles, and the teacher's ONNX and INT8 models and the QAT student, built or reused."""
+    run = find_run(store, workload, start)
+    refs = {role: run.role(role) for role in RUN_ROLES}
+    # Parameters, not lineage, come from the manifests: the teacher is exported and
+    # quantized exactly as this run's student was.
+    export_params = export_params_of(store, refs["student_onnx"])
+    quantize_params = quantize.QuantizeParams.model_validate(store.manifest(refs["student_int8"])["params"])
+    teacher_tokens, student_tokens = refs["teacher_tokens"], refs["student_tokens"]
+    refs["teacher_onnx"] = cached_or_run(store, export.STAGE, export_params, {"model": refs["teacher"], "tokens": teacher_tokens},
+                                         f"{workload}/compare/teacher-onnx")
+    refs["teacher_int8"] = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": refs["teacher_onnx"], "tokens": teacher_tokens},
+                                         f"{workload}/compare/teacher-int8")
+    refs["student_qat"] = cached_or_run(store, qat.STAGE, qat_params, {"tokens": student_tokens, "student": refs["student"]},
+                                        f"{workload}/compare/student-qat")
+    return refs
 
 
-def quality(predict: Predict, sequences: list[np.ndarray], labels: np.ndarray, classes: int) -> dict:
-    # The evaluate stage's batches: dynamic INT8 quantizes each batch's activations with
-    # one scale, so batch composition can flip a few predictions.
-    predicted = predictions(predict, sequences)
-    f1 = []
-    for c in range(classes):
-        tp = int(((predicted == c) & (labels == c)).sum())
-        fp, fn = int(((predicted == c) & (labels != c)).sum()), int(((predicted != c) & (labels == c)).sum())
-        f1.append(2 * tp / max(1, 2 * tp + fp + fn))
-    return {"accuracy": round(float((predicted == labels).mean()), 5), "macro_f1": round(float(np.mean(f1)), 5)}
+def aligned_split(tokens: dict[str, Tokens], split: str) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+    """Each tokens artifact's ids of one split, and the split's labels.
+
+    Models with their own tokenizers are compared row by row, so every artifact must
+    hold the same rows: the same texts (by the digest tokenize records) and labels.
+    """
+    read = {name: t.split(split) for name, t in tokens.items()}
+    labels = next(iter(read.values()))[1]
+    texts = {t.spec.texts_sha256.get(split) for t in tokens.values()}
+    if len(texts) > 1 or any(not np.array_equal(theirs, labels) for _, theirs in read.values()):
+        names = ", ".join(f"{name} ({t.folder.name[:12]})" for name, t in tokens.items())
+        raise SystemExit(f"the {split} rows of the tokens of {names} differ: their models cannot be compared row by row")
+    return {name: ids for name, (ids, _) in read.items()}, labels
 
 
-def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 32) -> float:
-    batches = [pad(sequences, range(i, min(i + batch_size, len(sequences)))) for i in range(0, len(sequences), batch_size)]
+def evaluation_rows(count: int, quick: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Test rows measured (a seeded 500 with `quick`), and those of them timed at batch 1."""
+    rng = np.random.default_rng(0)
+    measured = np.sort(rng.choice(count, size=min(500, count), replace=False)) if quick else np.arange(count)
+    timed = measured[rng.choice(len(measured), size=min(100 if quick else 300, len(measured)), replace=False)]
+    return measured, timed
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """One tokenizer's ids of the measured test rows (the same rows for every tokenizer)."""
+
+    ids: list[np.ndarray]
+    timed: list[np.ndarray]  # at batch 1
+    stream: list[np.ndarray]  # for throughput
+    pad_id: int
+
+
+def evaluation_sentences(tokens: dict[str, Tokens], quick: bool) -> tuple[np.ndarray, dict[str, Sentences]]:
+    """The labels of the measured test rows, and each tokens artifact's own ids of them."""
+    ids, labels = aligned_split(tokens, "test")
+    measured, timed = evaluation_rows(len(labels), quick)
+    stream = measured[: 320 if quick else len(measured)]
+    sets = {name: Sentences([ids[name][i] for i in measured], [ids[name][i] for i in timed],
+                          [ids[name][i] for i in stream], tokens[name].spec.pad_id) for name in tokens}
+    return labels[measured], sets
+
+
+def throughput(predict: Predict, sequences: list[np.ndarray], pad_id: int, batch_size: int = 32) -> float:
+    batches = [pad(sequences, range(i, min(i + batch_size, len(sequences))), pad_id) for i in range(0, len(sequences), batch_size)]
     predict(*(t.numpy() for t in batches[0]))  # warm-up
     started = time.perf_counter()
     for ids, mask in batches:
@@ -129,15 +176,8 @@ def throughput(predict: Predict, sequences: list[np.ndarray], batch_size: int = 
     return round(len(sequences) / (time.perf_counter() - started), 1)
 
 
-def evaluation_sentences(tokens: Path, quick: bool) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
-    """The test split (a seeded 500 with `quick`), its labels, and the sentences timed at batch 1."""
-    test_ids, test_labels = read_tokens(tokens, "test")
-    rng = np.random.default_rng(0)
-    if quick:
-        pick = np.sort(rng.choice(len(test_ids), size=min(500, len(test_ids)), replace=False))
-        test_ids, test_labels = [test_ids[i] for i in pick], test_labels[pick]
-    timed = [test_ids[i] for i in rng.choice(len(test_ids), size=min(100 if quick else 300, len(test_ids)), replace=False)]
-    return test_ids, test_labels, timed
+def load(engine: str, folder: Path, threads: int) -> tuple[Predict, int]:
+    return torch_predictor(folder) if engine == "torch" else onnx_predictor(folder, threads)
 
 
 def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_params: qat.QATParams,
@@ -147,42 +187,43 @@ def compare(store: ArtifactStore, workload: str, quick: bool, threads: int, qat_
     torch.set_num_threads(threads)
     refs = lineage(store, workload, qat_params, start)
     folder = {name: store.open(ref) for name, ref in refs.items()}
-    test_ids, test_labels, timed = evaluation_sentences(folder["tokens"], quick)
-    names = json.loads((folder["tokens"] / "labels.json").read_text())["names"]
-    stream = test_ids[: 320 if quick else len(test_ids)]
+    tokens = {side: open_tokens(folder[f"{side}_tokens"]) for side in ("teacher", "student")}
+    labels, test = evaluation_sentences(tokens, quick)
+    classes = len(tokens["student"].labels)
     with tempfile.TemporaryDirectory(prefix="ort-baseline-") as scratch:
-        baseline_path = Path(scratch) / "model.onnx"
-        quantize.ort_dynamic_baseline(folder["student_onnx"] / "model.onnx", baseline_path)
-        variants = {
-            BASELINE: torch_predictor(folder["teacher"]),
-            "teacher FP32 ONNX": onnx_predictor(folder["teacher_onnx"], threads),
-            "teacher INT8 (INC)": onnx_predictor(folder["teacher_int8"], threads),
-            "student FP32 PyTorch": torch_predictor(folder["student"]),
-            "student FP32 ONNX": onnx_predictor(folder["student_onnx"], threads),
-            "student INT8 (INC)": onnx_predictor(folder["student_int8"], threads),
-            "student INT8 (onnxruntime quantize_dynamic)": onnx_predictor(baseline_path.parent, threads),
-            "student QAT INT8 (INC QAT, QDQ)": onnx_predictor(folder["student_qat"], threads),
-        }
+        folder["student_ort_dynamic"] = Path(scratch)
+        quantize.ort_dynamic_baseline(onnx_file(folder["student_onnx"]), onnx_file(Path(scratch)))
+        variants = {name: (*load(engine, folder[artifact], threads), test[side_of(artifact)]) for name, artifact, engine in VARIANTS}
         rows = {}
-        for name, (predict, size) in variants.items():
+        for name, (predict, size, sentences) in variants.items():
             print(f"  measuring {name} ...", flush=True)
-            rows[name] = {**quality(predict, test_ids, test_labels, len(names)),
-                          "throughput_batch32": throughput(predict, stream), "size_bytes": size}
-        print(f"  timing batch-1 latency: {rounds} rounds over {len(timed)} sentences ...", flush=True)
-        latency = interleaved_latency_ms({name: predict for name, (predict, _) in variants.items()}, timed, rounds, warmup=10)
+            rows[name] = {**quality(predict, sentences.ids, labels, classes, sentences.pad_id),
+                          "throughput_batch32": throughput(predict, sentences.stream, sentences.pad_id), "size_bytes": size}
+        timed = {name: sentences.timed for name, (_, _, sentences) in variants.items()}
+        print(f"  timing batch-1 latency: {rounds} rounds over {len(test['student'].timed)} sentences ...", flush=True)
+        latency = interleaved_latency_ms({name: predict for name, (predict, _, _) in variants.items()}, timed, rounds, warmup=10)
     base = {**rows[BASELINE], **latency[BASELINE]}
     for name, row in rows.items():
         row.update(latency[name])
         row["speedup_p50"] = round(base["latency_p50_ms"] / row["latency_p50_ms"], 2)
         row["throughput_ratio"] = round(row["throughput_batch32"] / base["throughput_batch32"], 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
-    return {"workload": workload, "machine": machine(), "quick": quick, "threads": threads, "test_sentences": len(test_ids),
-            "timed_sentences": len(timed), "latency_rounds": rounds, "throughput_sentences": len(stream),
+    return {"workload": workload, "machine": machine(), "quick": quick, "threads": threads, "test_sentences": len(labels),
+            "timed_sentences": len(test["student"].timed), "latency_rounds": rounds,
+            "throughput_sentences": len(test["student"].stream),
+            "tokenizers": {side: t.spec.tokenizer for side, t in tokens.items()},
             "qat": qat_params.model_dump(), "artifacts": {name: ref.digest for name, ref in refs.items()}, "models": rows}
 
 
+def tokenizers_line(tokenizers: dict[str, str]) -> str:
+    if tokenizers["teacher"] == tokenizers["student"]:
+        return f"every model on {tokenizers['student']} tokens"
+    return f"teacher models on {tokenizers['teacher']} tokens, student models on {tokenizers['student']} tokens of the same rows"
+
+
 def markdown(result: dict) -> str:
-    lines = [f"{result['workload']}: {result['test_sentences']} test sentences; batch-1 latency over "
+    lines = [f"{result['workload']}: {result['test_sentences']} test sentences ({tokenizers_line(result['tokenizers'])}); "
+             f"batch-1 latency over "
              f"{result['timed_sentences']}, every model timed in turns, median of {result['latency_rounds']} rounds "
              f"(p50 range: fastest to slowest round); throughput over {result['throughput_sentences']}; "
              f"{result['threads']} threads. {machine_line(result['machine'])}.", "",
@@ -197,7 +238,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
-    parser = command.parser(__doc__, "compare", "the INT8 student to start from: an alias or a digest",
+    parser = command.parser(__doc__, "compare", "the run to measure",
                             "500 test sentences, 100 timed, 320 for throughput")
     parser.add_argument("--qat-epochs", type=float, default=qat.QATParams().epochs, help="epochs of quantization-aware fine-tuning")
     parser.add_argument("--qat-learning-rate", type=float, default=qat.QATParams().learning_rate)

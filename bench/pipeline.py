@@ -8,7 +8,7 @@ For each preset (smoke, then the full emotion workload), in one process:
       changing only the quantization settings (dynamic -> static INT8); plus the
       whole laptop command (`python flows/emotion.py`, its own temporary Prefect
       server included) for the cached rerun;
-  (b) the same eight stages as plain function calls (run_stage, no Prefect) into
+  (b) the same DAG steps as plain function calls (run_stage, no Prefect) into
       another empty store, against the cold flow run; both must make the same artifacts;
   (b') on the full data with a tenth of an epoch per training stage, plain calls and
       the flow alternated (plain, flow, flow, plain, ...), each into an empty store, so
@@ -16,7 +16,9 @@ For each preset (smoke, then the full emotion workload), in one process:
   (c) once, on the full data: teacher training throughput with length-grouped
       dynamic padding, random-batch dynamic padding, and padding every batch to 128
       tokens (the seed article's padding="max_length").
-Prints ratios and writes JSON (--out).
+Prints ratios and writes JSON (--out; by default bench/results/pipeline.json, or
+pipeline-smoke.json with --smoke-only and pipeline-alternated.json with --only
+alternated, so a partial measurement never replaces the full one).
 """
 
 from __future__ import annotations
@@ -50,16 +52,23 @@ def timed(fn, *args, **kwargs):
 
 
 def plain_run(config, store_root: str) -> tuple[float, dict]:
-    """The eight stages as plain function calls: no Prefect, no cache lookups."""
+    """The DAG's steps as plain function calls (no Prefect, no cache lookups); step name -> digest."""
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from flows.pipeline import STAGE_NAMES, run_dag
+    from flows.pipeline import STEP_NAMES, run_dag
 
     store = ArtifactStore(store_root)
     quiet = Progress(lambda message: None, bar=False)
-    seconds, made = timed(run_dag, config, lambda stage, params, **inputs: run_stage(stage, params, inputs, store, quiet))
-    assert len(made) == len(STAGE_NAMES), "run_dag returns one artifact per stage, in DAG order"
-    return seconds, {stage: ref.digest for stage, ref in zip(STAGE_NAMES, made.values())}
+    made = {}
+
+    # run_dag returns artifacts by role; the flow's summary names them by step, so note each step's.
+    def call(step, stage, params, **inputs):
+        made[step] = run_stage(stage, params, inputs, store, quiet)
+        return made[step]
+
+    seconds, _ = timed(run_dag, config, call)
+    assert set(made) <= set(STEP_NAMES), f"run_dag ran steps {sorted(set(made) - set(STEP_NAMES))} not in STEP_NAMES"
+    return seconds, {step: ref.digest for step, ref in made.items()}
 
 
 def flow_run(workload: str, data: str, smoke: bool, store_root: str, overrides=None) -> tuple[float, dict]:
@@ -108,8 +117,11 @@ def pipeline_figures(workload: str, data: str, smoke: bool, workdir: Path) -> di
     home = workdir / f"prefect-home-{label}"
     cli_run(workload, data, smoke, flow_store, home)
     command_seconds = cli_run(workload, data, smoke, flow_store, home)
-    # Every artifact but the evaluation (it holds measured latencies) must be bit-identical.
-    differ = [name for name, s in cold["stages"].items() if name != "evaluate" and s["artifact"] != plain_digests[name]]
+    # Every artifact but the evaluation (it holds measured latencies) must be bit-identical,
+    # and both must have run the same steps.
+    steps = list(cold["stages"]) + [step for step in plain_digests if step not in cold["stages"]]
+    differ = [step for step in steps if step != "evaluate"
+              and cold["stages"].get(step, {}).get("artifact") != plain_digests.get(step)]
     return {
         "cold_flow_seconds": round(cold_seconds, 2),
         "cold_stage_seconds": round(stage_seconds(cold), 2),
@@ -153,18 +165,17 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
     from flows.pipeline import FETCH_DATASET, TOKENIZE, resolve
+    from tasks.formats import open_tokens
     from tasks.models import load_classifier
-    from tasks.teacher import classification_loss
-    from tasks.tokenize import read_tokens
-    from tasks.training import train
+    from tasks.training import classification_loss, train
 
     config, _ = resolve("emotion", data, False, None, None)
     store = ArtifactStore(str(workdir / "throughput"))
     quiet = Progress(lambda message: None, bar=False)
-    tokens = run_stage(TOKENIZE, config.tokenize, {"dataset": run_stage(FETCH_DATASET, config.data, {}, store, quiet)}, store, quiet)
-    folder = store.open(tokens)
-    ids, labels = read_tokens(folder, "train")
-    names = json.loads((folder / "labels.json").read_text())["names"]
+    dataset = run_stage(FETCH_DATASET, config.data, {}, store, quiet)
+    tokens = open_tokens(store.open(run_stage(TOKENIZE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
+    ids, labels = tokens.split("train")
+    names, pad_id = tokens.labels, tokens.spec.pad_id
     epochs = steps * config.teacher.batch_size / len(ids)
     schemes = {
         "dynamic, length-grouped": {"group_by_length": True, "pad_to": None},
@@ -176,10 +187,10 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
         params = config.teacher.model_copy(update={"epochs": epochs, "group_by_length": scheme["group_by_length"]})
         model = load_classifier(config.teacher.model, names, seed=params.seed)
         warm = params.model_copy(update={"epochs": 2 * params.batch_size / len(ids)})
-        train(model, ids, classification_loss(labels), warm, quiet, "warm-up", pad_to=scheme["pad_to"])
+        train(model, ids, classification_loss(labels), warm, quiet, "warm-up", pad_id, pad_to=scheme["pad_to"])
         model = load_classifier(config.teacher.model, names, seed=params.seed)
         print(f"[throughput] {name}: {steps} steps ...", flush=True)
-        history = train(model, ids, classification_loss(labels), params, quiet, name, pad_to=scheme["pad_to"])
+        history = train(model, ids, classification_loss(labels), params, quiet, name, pad_id, pad_to=scheme["pad_to"])
         figures[name] = {"examples_per_second": history["examples_per_second"], "padding_share": history["padding_share"],
                          "steps": history["steps"]}
     base = figures["max_length 128"]["examples_per_second"]
@@ -218,9 +229,11 @@ def main() -> int:
     parser.add_argument("--overhead-pairs", type=int, default=2, help="alternated plain/flow pairs on the full data (0: skip)")
     parser.add_argument("--only", choices=["alternated"], help="run only this measurement")
     parser.add_argument("--throughput-steps", type=int, default=40, help="teacher training steps per padding scheme")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
+    parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/pipeline[-smoke|-alternated].json)")
     parser.add_argument("--workdir", type=Path, help="where the benchmark's stores go (default: a temporary folder)")
     args = parser.parse_args()
+    suffix = "-smoke" if args.smoke_only else f"-{args.only}" if args.only else ""
+    args.out = args.out or REPO / "bench" / "results" / f"pipeline{suffix}.json"
     os.environ.update(OFFLINE)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="distillery-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
