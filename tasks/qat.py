@@ -35,6 +35,8 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from typing import Literal
+
 from pydantic import Field
 
 from artifacts.stage import Progress, Stage
@@ -50,6 +52,10 @@ class QATParams(TrainParams):
     epochs: float = Field(1, gt=0, le=100, description="passes over the training split with fake quantization in the loop")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="peak AdamW learning rate (small: the student is trained already)")
     opset: int = Field(17, ge=14, le=20, description="ONNX opset of the QDQ export")
+    # Fake quantization rounds to INT8 steps that bfloat16 cannot hold.
+    precision: Literal["fp32"] = Field("fp32", description="QAT trains in FP32 only")
+    # INC's fake-quantize modules and the QDQ export are set up for the CPU.
+    device: Literal["cpu"] = Field("cpu", description="QAT trains on the CPU")
     # Integer kernels round where PyTorch's float fake quantization does not, and the
     # difference compounds over layers: near-ties flip (96.9% agreement on the full
     # emotion run). A broken export agrees far less than 95%.

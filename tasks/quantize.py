@@ -37,6 +37,7 @@ from tasks.onnx_runtime import onnx_logits, onnx_session
 class QuantizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    method: Literal["ptq", "qat"] = Field("ptq", description="how the pipeline makes the INT8 student: ptq (this stage: INC post-training quantization of the ONNX student) or qat (stage qat_student: INC quantization-aware fine-tuning, QDQ ONNX; --qat-* parameters)")
     approach: Literal["dynamic", "static"] = Field("dynamic", description="INT8 approach: dynamic (no calibration) or static (calibrated activations)")
     quant_format: Literal["QOperator", "QDQ"] | None = Field(None, description="static only: fused INT8 operators (QOperator, the default) or quantize/dequantize pairs (QDQ)")
     calibration_samples: int = Field(256, ge=1, description="static only: training sentences used to calibrate activation ranges")

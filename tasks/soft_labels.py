@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
@@ -23,6 +25,7 @@ from tasks.encoding import encoder_of
 from tasks.formats import (SOFT_LABELS, distillation_texts_digest, model_folder, open_tokens, read_augmented,
                            soft_labels_problem, write_soft_labels)
 from tasks.models import load_trained
+from tasks.precision import resolve_device, resolve_precision
 from tasks.training import predict_logits
 
 
@@ -30,6 +33,8 @@ class SoftLabelParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(128, ge=1, le=4096, description="texts per teacher forward pass (length-sorted, padded per batch)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="teacher inference precision; the pipeline sets it to the teacher's")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the teacher runs; the pipeline sets it to the teacher's")
 
 
 def build_soft_labels(params: SoftLabelParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -39,9 +44,14 @@ def build_soft_labels(params: SoftLabelParams, inputs: Mapping[str, Path], out: 
     sequences = train_ids + encoder_of(tokens).encode(augmented)
     teacher = load_trained(model_folder(inputs["teacher"]))
     progress.info(f"soft_labels: teacher logits for {len(train_ids)} training and {len(augmented)} augmented texts")
-    logits = predict_logits(teacher, sequences, tokens.spec.pad_id, params.batch_size, progress, "soft_labels")
+    device = resolve_device(params.device)
+    precision = resolve_precision(params.precision, device, "precision")
+    logits = predict_logits(teacher, sequences, tokens.spec.pad_id, params.batch_size, progress, "soft_labels",
+                            precision=precision, device=device)
     predicted = logits.argmax(1)
     stats = {
+        "device": device,
+        "precision": precision,
         "teacher_forward_batches": int(np.ceil(len(sequences) / params.batch_size)),
         "teacher_train_accuracy": round(float((predicted[: len(train_ids)] == train_labels).mean()), 5),
         # How often the teacher's label for a variant differs from its source's gold label:

@@ -14,7 +14,7 @@ from tasks.training import TrainParams, classification_loss, train
 
 
 class TeacherParams(TrainParams):
-    model: str = Field(PACKAGED, description="teacher to fine-tune: 'minilm' (packaged all-MiniLM-L6-v2), 'tiny', 'tiny-mpnet', a local checkpoint folder or a Hub id")
+    model: str = Field(PACKAGED, description="teacher to fine-tune: 'minilm' (packaged all-MiniLM-L6-v2), 'mpnet' (packaged all-mpnet-base-v2), 'tiny', 'tiny-mpnet', a local checkpoint folder or a Hub id")
 
 
 def build_teacher(params: TeacherParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from artifacts.stage import Progress
 from tasks.batching import inference_batches, length_grouped_batches, pad, random_batches
 from tasks.measure import accuracy
+from tasks.precision import autocast, resolve_device, resolve_precision
 
 
 class TrainParams(BaseModel):
@@ -33,6 +34,13 @@ class TrainParams(BaseModel):
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay (not applied to biases and LayerNorm)")
     group_by_length: bool = Field(True, description="batch examples of similar length together to pad less")
     seed: int = Field(42, description="seed for initialisation, dropout and batch order")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="fp32, or bf16 autocast (weights and optimizer stay FP32); auto: bf16 where the hardware has it natively (AMX or AVX512-BF16, CUDA)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train: auto picks cuda when torch sees a GPU")
+
+    def runs_on(self) -> tuple[str, str]:
+        """(device, precision) to run with; the pipeline resolves 'auto' before keying, plain calls here."""
+        device = resolve_device(self.device)
+        return device, resolve_precision(self.precision, device, "precision")
 
 
 # loss(model, batch_indices, input_ids, attention_mask) -> scalar tensor
@@ -44,7 +52,7 @@ def classification_loss(labels) -> LossFn:
     labels = torch.as_tensor(labels)
 
     def loss(model, batch, input_ids, mask):
-        return F.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits, labels[batch])
+        return F.cross_entropy(model(input_ids=input_ids, attention_mask=mask).logits.float(), labels[batch].to(input_ids.device))
 
     return loss
 
@@ -89,6 +97,8 @@ def train(
         optimizer,
         lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (len(plan) - step) / max(1, len(plan) - warmup)),
     )
+    device, precision = params.runs_on()
+    model.to(device)
     model.train()
     started, running, tokens, padded = time.time(), 0.0, 0, 0
     first = 0
@@ -99,8 +109,9 @@ def train(
         running = _restore(folder, model, optimizer, schedule)
         progress.info(f"{label}: resumed from the checkpoint at step {first}/{len(plan)}")
     for step, batch in enumerate(plan[first:], start=first + 1):
-        input_ids, mask = pad(sequences, batch, pad_id, to_length=pad_to)
-        loss = loss_fn(model, batch, input_ids, mask)
+        input_ids, mask = (t.to(device) for t in pad(sequences, batch, pad_id, to_length=pad_to))
+        with autocast(precision, device):
+            loss = loss_fn(model, batch, input_ids, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -121,12 +132,15 @@ def train(
         "train_seconds": round(seconds, 2),
         "examples_per_second": round(sum(len(b) for b in plan[first:]) / seconds, 2),
         "padding_share": round(1 - tokens / max(1, padded), 4),
+        "device": device,
+        "precision": precision,
     }
     if validation is not None:
-        logits = predict_logits(model, validation[0], pad_id)
+        logits = predict_logits(model, validation[0], pad_id, precision=precision, device=device)
         history["validation_accuracy"] = round(accuracy(logits.argmax(1), validation[1]), 5)
         progress.info(f"{label}: validation accuracy {history['validation_accuracy']:.4f}")
     model.eval()
+    model.to("cpu")  # saved and exported from the CPU
     return history
 
 
@@ -148,14 +162,16 @@ def _restore(folder: Path, model: torch.nn.Module, optimizer, schedule) -> float
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, sequences: Sequence[np.ndarray], pad_id: int, batch_size: int = 128,
-                   progress: Progress | None = None, label: str = "") -> np.ndarray:
-    """Logits of every sequence, in length-sorted padded batches; `progress` sees each batch."""
+                   progress: Progress | None = None, label: str = "", precision: str = "fp32", device: str = "cpu") -> np.ndarray:
+    """Logits of every sequence (as FP32), in length-sorted padded batches; `progress` sees each batch."""
     model.eval()
+    model.to(device)
     out: np.ndarray | None = None
     batches = inference_batches([len(s) for s in sequences], batch_size)
     for done, batch in enumerate(batches, start=1):
-        input_ids, mask = pad(sequences, batch, pad_id)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float().numpy()
+        input_ids, mask = (t.to(device) for t in pad(sequences, batch, pad_id))
+        with autocast(precision, device):
+            logits = model(input_ids=input_ids, attention_mask=mask).logits.float().cpu().numpy()
         if progress is not None:
             progress.step(label, done, len(batches))
         if out is None:

@@ -94,6 +94,7 @@ def test_helper_edits_reach_exactly_the_stages_that_run_them():
     assert matrix["tasks.onnx_runtime"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
     assert matrix["tasks.training"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
     assert matrix["tasks.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student"}
+    assert matrix["tasks.precision"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
     assert "quantize" not in matrix["tasks.models"]  # it never loads a PyTorch model
     assert len(matrix["tasks.formats"]) == len(every_stage())  # every stage reads or writes artifacts
 

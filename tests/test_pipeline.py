@@ -78,17 +78,21 @@ def test_teacher_change_recomputes_its_soft_labels_and_what_follows(cold, tmp_pa
     assert run.computed() == TEACHER_AND_DOWN
 
 
-def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(cold, tmp_path):
+def run_with_edit(cold, tmp_path, module_name: str, old: str, new: str):
+    """The cold run's arguments again, on a copy of the project with one line of one module edited."""
     project = copy_project(tmp_path / "project")
-    module = project / "tasks" / "sources.py"
+    module = project / "tasks" / module_name
     source = module.read_text()
-    edited = source.replace('raise DistilleryError(f"{where} is empty: it needs at least one labelled row")',
-                            'raise DistilleryError(f"{where} has no rows: it needs at least one labelled row")')
-    assert edited != source, "the helper to edit moved; update this test"
-    module.write_text(edited)
-    store = store_copy(cold, tmp_path)
-    run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
+    assert old in source, f"the line to edit in {module_name} moved; update this test"
+    module.write_text(source.replace(old, new))
+    run = run_cli([*cold[1], "--store", str(store_copy(cold, tmp_path))], tmp_path, project=project)
     assert run.code == 0, run.output[-3000:]
+    return run
+
+
+def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(cold, tmp_path):
+    run = run_with_edit(cold, tmp_path, "sources.py", 'raise DistilleryError(f"{where} is empty: it needs',
+                        'raise DistilleryError(f"{where} has no rows: it needs')
     assert run.computed() == {"fetch_dataset"}  # its output is byte-identical: everything downstream stays cached
     assert run.summary["stages"]["fetch_dataset"]["artifact"] == cold[2].summary["stages"]["fetch_dataset"]["artifact"]
 
@@ -115,16 +119,8 @@ def test_soft_labels_of_other_texts_are_detected_and_recomputed(cold, tmp_path):
 
 
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
-    project = copy_project(tmp_path / "project")
-    module = project / "tasks" / "distil.py"
-    source = module.read_text()
-    edited = source.replace("        soft = F.mse_loss(student_logits, teacher_logits)",
-                            "        soft = 0.5 * F.mse_loss(student_logits, teacher_logits)")
-    assert edited != source, "the helper to edit moved; update this test"
-    module.write_text(edited)
-    store = store_copy(cold, tmp_path)
-    run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
-    assert run.code == 0, run.output[-3000:]
+    run = run_with_edit(cold, tmp_path, "distil.py", "        soft = F.mse_loss(student_logits, teacher_logits)",
+                        "        soft = 0.5 * F.mse_loss(student_logits, teacher_logits)")
     assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
 
 
@@ -183,7 +179,7 @@ def test_help_documents_every_parameter():
             if (section, field) not in DERIVED:
                 assert _flag(section, field) in out, (section, field)
                 assert info.description, f"{section}.{field} has no description"
-    for flag in ("--data", "--store", "--summary", "--smoke", "DISTILLERY_DATA", "DISTILLERY_STORE"):
+    for flag in ("--data", "--store", "--summary", "--smoke", "--device", "DISTILLERY_DATA", "DISTILLERY_STORE"):
         assert flag in out
 
 
