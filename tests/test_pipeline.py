@@ -194,3 +194,19 @@ def test_sst2_flow_shares_the_pipeline_and_its_cache_behaviour(tmp_path):
     assert warm.code == 0 and warm.computed() == set(), warm.output[-3000:]
     changed = run_cli([*args, "--quantize-approach", "static"], tmp_path, workload="sst2")
     assert changed.code == 0 and changed.computed() == {"quantize", "evaluate"}, changed.output[-3000:]
+
+
+def test_qat_as_the_int8_method_makes_the_runs_int8_model_the_qat_one(cold, tmp_path):
+    from flows.predict import predict
+
+    store = store_copy(cold, tmp_path)
+    run = run_cli([*cold[1], "--store", str(store), "--quantize-method", "qat", "--qat-epochs", "0.5"], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert run.computed() == {"qat_student", "evaluate"} and "quantize" not in run.states()
+    artifacts = ArtifactStore(store)
+    qat_model = run.summary["stages"]["qat_student"]["artifact"]
+    assert latest_run(artifacts, "emotion").role("student_int8").digest == qat_model
+    assert artifacts.manifest(qat_model)["stage"] == "qat_student"
+    assert run.summary["metrics"]["student_int8"]["size_bytes"] == artifacts.manifest(qat_model)["sizes"]["model.onnx"]
+    result = predict(artifacts, "emotion/latest", ["i feel wonderful"])[0]
+    assert set(result["scores"]) == {"sadness", "joy", "love", "anger", "fear", "surprise"}
