@@ -23,15 +23,13 @@ points at it, and predict, explain and the benchmarks read roles from it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import State
 
@@ -42,7 +40,8 @@ from artifacts.stage import Progress, Stage, run_stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
-from tasks import augment, distil, evaluate, export, fetch, qat, quantize, report, soft_labels, teacher, tokenize
+from flows.publish import artifact_key, publish_report, write_report
+from tasks import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
 from tasks.errors import DistilleryError
 from tasks.formats import read_evaluation
 from tasks.models import check_weights, load_config, load_tokenizer
@@ -91,11 +90,6 @@ def records_storage(store: ArtifactStore) -> Path | str:
     return f"remote-file-system/{name}"
 
 
-def artifact_key(*words: str) -> str:
-    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
-    return "-".join(words).replace("_", "-").lower()
-
-
 def task_progress(stage: Stage) -> Progress:
     """Log lines, a terminal bar, and a Prefect progress artifact made on the first step."""
     logger = get_run_logger()
@@ -137,28 +131,6 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | st
         result_storage=records,
         retries=0,
     )
-
-
-@task(name="report", cache_policy=NO_CACHE, persist_result=False)
-def write_report(workload: str, stages: dict, evaluation: ArtifactRef, store: str) -> ArtifactRef:
-    """Never cached: the report describes this run, including which stages were cached."""
-    params = report.ReportParams(workload=workload, stages=stages)
-    return run_stage(report.STAGE, params, {"evaluation": evaluation}, ArtifactStore(store), Progress(get_run_logger().info))
-
-
-def publish_report(workload: str, store: ArtifactStore, ref: ArtifactRef) -> str:
-    """The report as Prefect artifacts (markdown and a table); returns where its files are."""
-    folder = store.open(ref)
-    location = f"{store.root}/objects/{ref.digest}"
-    body = (folder / "report.md").read_text()
-    body = "\n".join(line for line in body.splitlines() if not line.startswith("![")) + (
-        f"\n\nPlots (PNG) and this report: `{location}` (alias `{workload}/report`).\n"
-    )
-    create_markdown_artifact(body, key=artifact_key(workload, "report"), description=f"{workload} run report")
-    rows = json.loads((folder / "models.json").read_text())
-    table = [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
-    create_table_artifact(table, key=artifact_key(workload, "models"), description="accuracy, latency and size per model")
-    return location
 
 
 # call(step, STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
@@ -244,9 +216,9 @@ def distillery(
     roles = run_dag(config, stage)
     evaluation = roles["evaluation"]
 
-    run_report = write_report(config.name, stage.stages, evaluation, artifacts.root)
+    run_report = write_report(config.name, stage.stages, evaluation, artifacts.root, smoke=smoke)
     artifacts.set_alias(f"{config.name}/report", run_report)
-    location = publish_report(config.name, artifacts, run_report)
+    location = publish_report(config.name, artifacts, run_report, smoke=smoke)
     record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
                                               steps={step: s["artifact"] for step, s in stage.stages.items()}))
     artifacts.set_alias(f"{config.name}/latest", record)

@@ -45,6 +45,7 @@ class ReportParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workload: str
+    smoke: bool = Field(False, description="a smoke run: tiny models on a data slice, so its accuracy means nothing")
     stages: dict[str, StageRun] = Field(description="this run's steps in DAG order")
 
 
