@@ -52,7 +52,9 @@ class Progress:
         # machine's clock can be younger than the interval.
         self._last_log: float | None = None
         self._last_report: float | None = None
-        self._started: dict[str, float] = {}
+        # (time, steps done) at the first step seen: a resumed loop starts part-way, and
+        # its pace is the steps done since then, not since step 0.
+        self._started: dict[str, tuple[float, int]] = {}
         self._bars: dict[str, object] = {}
 
     def info(self, message: str) -> None:
@@ -60,7 +62,7 @@ class Progress:
 
     def step(self, label: str, done: int, total: int, **stats: float) -> None:
         now = time.monotonic()
-        started = self._started.setdefault(label, now)
+        started, done_at_start = self._started.setdefault(label, (now, done))
         finished = done >= total
         if self.bar:
             self._update_bar(label, done, total, stats)
@@ -72,7 +74,8 @@ class Progress:
         self._last_log = now
         elapsed = now - started
         # The first step sets the clock, so it has no pace yet: "eta 0s" there read as a fact.
-        eta = f"{elapsed / done * (total - done):.0f}s" if done and elapsed > 0 else "unknown"
+        since = done - done_at_start
+        eta = f"{elapsed / since * (total - done):.0f}s" if since > 0 and elapsed > 0 else "unknown"
         extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
         self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
                  f"elapsed {elapsed:.0f}s eta {eta}".replace("  ", " "))
