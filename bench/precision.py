@@ -2,12 +2,18 @@
 
     python bench/precision.py --data ../shared/data/emotion            # MPNet teacher, 40 steps a side
     python bench/precision.py --data ../shared/data/emotion --model minilm --steps 20
+    python bench/precision.py --data ../shared/data/emotion --model minilm --accuracy --store .distillery
 
 Same model, same real emotion batches (length-grouped, batch 32), the two precisions
 alternated over `--rounds` rounds so a slow minute of this shared VM lands on both;
 each side reports its median round. It also notes what `--teacher-precision auto`
 resolves to on this machine and which CPU flags decided it. Writes JSON and a
 markdown table to bench/results/precision-<model>.{json,md}.
+
+`--accuracy` measures the other half of the trade: the `fine_tune_teacher` stage run
+to the preset's full schedule once in FP32 and once in bf16 (cached in `--store`, so a
+rerun costs nothing), each scored on the test split the way `evaluate` scores
+(tasks/measure.py). Writes bench/results/precision-accuracy-<model>.{json,md}.
 """
 
 from __future__ import annotations
@@ -60,6 +66,50 @@ def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Pat
             "native_bf16_flags": flags, "auto_resolves_to": resolve_precision("auto", "cpu", "--teacher-precision")}
 
 
+def accuracy_pair(data: str, model_name: str, store_root: str) -> dict:
+    from artifacts.stage import Progress, run_stage
+    from artifacts.store import ArtifactStore
+    from flows.pipeline import FETCH_DATASET, FINE_TUNE_TEACHER, TOKENIZE, resolve
+    from tasks.formats import open_tokens
+    from tasks.measure import quality
+    from tasks.predictors import torch_predictor
+
+    config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
+    store = ArtifactStore(store_root)
+    say = Progress(lambda message: print(f"[precision] {message}", flush=True), bar=False)
+    dataset = run_stage(FETCH_DATASET, config.data, {}, store, say)
+    tokens_ref = run_stage(TOKENIZE, config.teacher_tokens, {"dataset": dataset}, store, say)
+    tokens = open_tokens(store.open(tokens_ref))
+    test_ids, test_labels = tokens.split("test")
+    sides = {}
+    for precision in ("fp32", "bf16"):
+        params = config.teacher.model_copy(update={"precision": precision, "device": "cpu"})
+        ref = run_stage(FINE_TUNE_TEACHER, params, {"tokens": tokens_ref}, store, say)
+        manifest = store.manifest(ref)
+        predict, _ = torch_predictor(store.open(ref))
+        scores = quality(predict, test_ids, test_labels, len(tokens.labels), tokens.spec.pad_id)
+        sides[precision] = {"artifact": ref.digest, "test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"],
+                            "validation_accuracy": manifest["metrics"]["validation_accuracy"],
+                            "examples_per_second": manifest["metrics"]["examples_per_second"],
+                            "train_seconds": manifest["metrics"]["train_seconds"]}
+    gap = 100 * (sides["bf16"]["test_accuracy"] - sides["fp32"]["test_accuracy"])
+    return {"model": model_name, "epochs": config.teacher.epochs, "learning_rate": config.teacher.learning_rate,
+            "sides": sides, "bf16_minus_fp32_test_points": round(gap, 2)}
+
+
+def accuracy_markdown(result: dict, where: dict) -> str:
+    lines = [machine_line(where), "",
+             f"Teacher {result['model']} fine-tuned by the fine_tune_teacher stage, {result['epochs']:g} epochs, "
+             f"lr {result['learning_rate']:g}, once per precision; test split scored as evaluate scores:", "",
+             "| precision | test accuracy | test macro-F1 | validation accuracy | examples/s | train s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for precision, side in result["sides"].items():
+        lines.append(f"| {precision} | {100 * side['test_accuracy']:.2f}% | {side['test_macro_f1']:.4f} | "
+                     f"{100 * side['validation_accuracy']:.2f}% | {side['examples_per_second']:.1f} | {side['train_seconds']:.0f} |")
+    lines += ["", f"bf16 - FP32 test accuracy: {result['bf16_minus_fp32_test_points']:+.2f} points.", ""]
+    return "\n".join(lines)
+
+
 def markdown(result: dict, where: dict) -> str:
     return "\n".join([
         machine_line(where), "",
@@ -79,8 +129,18 @@ def main() -> int:
     parser.add_argument("--model", default="mpnet", help="teacher model source")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--accuracy", action="store_true", help="train the full schedule in each precision and score test accuracy")
+    parser.add_argument("--store", default=".distillery", help="store the --accuracy teachers are cached in")
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/precision-<model>.json)")
     args = parser.parse_args()
+    if args.accuracy:
+        result, where = accuracy_pair(args.data, args.model, args.store), machine()
+        out = args.out or RESULTS / f"precision-accuracy-{args.model}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": where, **result}, indent=2))
+        out.with_suffix(".md").write_text(accuracy_markdown(result, where))
+        print(accuracy_markdown(result, where))
+        return 0
     with tempfile.TemporaryDirectory(prefix="precision-") as scratch:
         result = throughput(args.data, args.model, args.steps, args.rounds, Path(scratch))
     where = machine()

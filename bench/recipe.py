@@ -1,0 +1,112 @@
+"""The student recipe, chosen by measurement: variants of the workload run side by side.
+
+    python bench/recipe.py --workload emotion --data ../shared/data/emotion
+    python bench/recipe.py --workload emotion --data ../shared/data/emotion --only kl-hard,aug4
+
+Each variant is the workload's CLI with a few flags changed, run on the same store,
+so the teacher, its soft labels and everything else a variant does not change come
+from the cache: a variant costs its own student (and, for augmentation, the soft
+labels of its extra texts). A rerun of this script recomputes nothing it measured.
+
+Choices are made on **validation** (the FP32 student's accuracy after distillation,
+as `distil_student` records it); test figures are reported, never used to pick.
+Writes bench/results/recipe-<workload>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from artifacts.runs import read_run  # noqa: E402
+from artifacts.store import ArtifactStore  # noqa: E402
+from bench.command import ref_of  # noqa: E402
+from bench.machine import machine, machine_line  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+
+# name -> (flags beyond the preset, what it tests). Flags are the workload CLI's own.
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "base": ([], "preset: logits MSE, 3 layers [0,2,4], no augmentation, 3 epochs"),
+    "kl-hard": (["--student-loss", "kl", "--student-temperature", "2", "--student-hard-label-weight", "0.5"],
+                "KL at T=2 mixed half and half with cross-entropy on the true labels"),
+    "aug4": (["--augment-copies", "4", "--student-epochs", "1.5"],
+             "4 augmented variants per tweet, teacher-labelled; 1.5 epochs over the 5x set"),
+    "layers2": (["--student-layers", "0,5"], "2 layers [0,5] instead of 3"),
+    "seed2": (["--student-seed", "7"], "the preset with a second student seed"),
+}
+
+
+def run_variant(workload: str, data: str, store: str, flags: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        cmd = [sys.executable, str(REPO / "flows" / f"{workload}.py"), "--data", data, "--store", store,
+               "--summary", str(summary), *flags]
+        print("[recipe] " + " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        return json.loads(summary.read_text())
+
+
+def row(name: str, flags: list[str], what: str, summary: dict, store: ArtifactStore) -> dict:
+    record = read_run(store, ref_of(store, summary["run"]))
+    student = store.manifest(record.roles["student"])
+    metrics = summary["metrics"]
+    return {
+        "variant": name, "flags": flags, "what": what,
+        "validation_accuracy_fp32_student": student["metrics"]["validation_accuracy"],
+        "test": {model: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "latency_p50_ms": m["latency_p50_ms"]}
+                 for model, m in metrics.items()},
+        "student_train_seconds": student["metrics"]["train_seconds"],
+        "steps": {step: s["state"] for step, s in summary["stages"].items()},
+        "run": summary["run"],
+    }
+
+
+def table(rows: list[dict], workload: str) -> str:
+    lines = [f"# Student recipe on {workload} ({machine_line(machine())})", "",
+             "Chosen on validation (FP32 student); test reported. Teacher: the run's fine-tuned teacher, cached.", "",
+             "| variant | what | val acc (FP32 student) | test acc INT8 | test macro-F1 INT8 | test acc FP32 student | teacher test acc |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["test"]
+        lines.append(f"| {r['variant']} | {r['what']} | {100 * r['validation_accuracy_fp32_student']:.2f}% | "
+                     f"{100 * t['student_int8']['accuracy']:.2f}% | {t['student_int8']['macro_f1']:.3f} | "
+                     f"{100 * t['student']['accuracy']:.2f}% | {100 * t['teacher']['accuracy']:.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="emotion", choices=["emotion", "sst2"])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--store", default=".distillery")
+    parser.add_argument("--only", help="comma-separated variant names (default: all)")
+    parser.add_argument("--extra", default="", help="flags added to every variant (e.g. a chosen recipe), space-separated")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+    store = ArtifactStore(args.store)
+    out = RESULTS / f"recipe-{args.workload}.json"
+    previous = {r["variant"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
+    for name in names:
+        flags = VARIANTS[name][0] + args.extra.split()
+        summary = run_variant(args.workload, args.data, args.store, flags)
+        previous[name] = row(name, flags, VARIANTS[name][1], summary, store)
+        rows = [previous[n] for n in VARIANTS if n in previous]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine(), "workload": args.workload, "rows": rows}, indent=2))
+        out.with_suffix(".md").write_text(table(rows, args.workload))
+        print(table(rows, args.workload), flush=True)
+
+
+if __name__ == "__main__":
+    main()
