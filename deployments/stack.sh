@@ -6,10 +6,12 @@
 #   a `process` work pool and its workers.
 #
 #   deployments/stack.sh up [N]     start everything, with N workers (default 2)
+#   deployments/stack.sh server     start the Prefect server alone, on SQLite (no PostgreSQL,
+#                                   Redis, S3 or workers): the UI and flow runs from this shell
 #   deployments/stack.sh worker I   start one more worker, worker-I
 #   deployments/stack.sh down       stop everything, by PID, newest first
 #   deployments/stack.sh purge      down, then delete the stack's state (database, secrets, logs)
-#   deployments/stack.sh restart-server   stop and start the Prefect server only
+#   deployments/stack.sh restart-server   stop and start the Prefect server only (as up or server started it)
 #   deployments/stack.sh status     what runs
 #   deployments/stack.sh env        the client settings, for: eval "$(deployments/stack.sh env)"
 #
@@ -17,6 +19,8 @@
 # `up` writes to $STACK/env:  eval "$(deployments/stack.sh env)"
 # Secrets (database and Redis passwords, S3 keys) are generated into $STACK/secrets,
 # unless given in the environment; none is ever written to the repository.
+# The UI in a browser talks to http://$DISTILLERY_PUBLIC_HOST:$DISTILLERY_PREFECT_PORT/api
+# (the public host defaults to the bind address; set it when binding 0.0.0.0).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,6 +29,7 @@ STACK=${DISTILLERY_STACK_DIR:-$PROJECT/.stack}
 PYTHON=${DISTILLERY_PYTHON:-$PROJECT/.venv/bin/python}
 BIN=$(dirname "$PYTHON")
 HOST=${DISTILLERY_BIND:-127.0.0.1}
+PUBLIC_HOST=${DISTILLERY_PUBLIC_HOST:-$HOST}
 PG_PORT=${DISTILLERY_PG_PORT:-54329}
 PREFECT_PORT=${DISTILLERY_PREFECT_PORT:-4200}
 REDIS_PORT=${DISTILLERY_REDIS_PORT:-63790}
@@ -81,6 +86,7 @@ write_env() {
   umask 077
   cat > "$STACK/env" <<EOF
 export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
+export PREFECT_UI_URL=http://$PUBLIC_HOST:$PREFECT_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export DISTILLERY_PROJECT_DIR=$PROJECT
 export DISTILLERY_STORE=s3://$BUCKET/store
@@ -94,6 +100,19 @@ EOF
     echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
   fi
   if [ -n "${DISTILLERY_DATA:-}" ]; then echo "export DISTILLERY_DATA=$DISTILLERY_DATA" >> "$STACK/env"; fi
+}
+
+write_server_env() {  # the server alone: clients need its address, and no store, locks or S3
+  umask 077
+  cat > "$STACK/env" <<EOF
+export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
+export PREFECT_UI_URL=http://$PUBLIC_HOST:$PREFECT_PORT
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export DISTILLERY_PROJECT_DIR=$PROJECT
+EOF
+  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
+  fi
 }
 
 pg_home() {
@@ -132,9 +151,16 @@ start_postgres() {
 }
 
 start_server() {
+  # `--port` moves the API only: the UI's own settings would still send the browser to
+  # port 4200 ("Can't connect to Server API"), so they are set to this port as well.
+  # The database is PostgreSQL (up) or SQLite in the server's home (server), as recorded.
+  local database
   mkdir -p "$STACK/server"
+  if [ -e "$STACK/server-only" ]; then database="sqlite+aiosqlite:///$STACK/server/prefect.db"
+  else database="postgresql+asyncpg://prefect:$(secret pg_password)@$HOST:$PG_PORT/prefect"; fi
   PREFECT_HOME="$STACK/server" \
-  PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$(secret pg_password)@$HOST:$PG_PORT/prefect" \
+  PREFECT_SERVER_DATABASE_CONNECTION_URL="$database" \
+  PREFECT_UI_API_URL="http://$PUBLIC_HOST:$PREFECT_PORT/api" PREFECT_UI_URL="http://$PUBLIC_HOST:$PREFECT_PORT" \
   PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_ENABLED=${PREFECT_UI_ENABLED:-true} \
   start_bg server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
   wait_until 120 "Prefect server" http_ok "http://$HOST:$PREFECT_PORT/api/health"
@@ -189,6 +215,10 @@ stop_pid() {  # an idle Prefect worker ignores the first SIGTERM; the second end
 
 up() {
   local workers=${1:-2}
+  if [ -e "$STACK/server-only" ] && running server; then
+    log "a server-only stack runs in $STACK: stop it first (down)"; exit 1
+  fi
+  rm -f "$STACK/server-only"
   write_env
   set -a; source "$STACK/env"; set +a
   start_postgres
@@ -202,6 +232,16 @@ up() {
   [ "$threads" -ge 1 ] || threads=1
   for i in $(seq "$workers"); do start_worker "$i" "$threads"; done
   log "up; clients: source $STACK/env"
+}
+
+server_only() {
+  if running server && [ ! -e "$STACK/server-only" ]; then
+    log "the full stack runs in $STACK: its server is already up (status)"; exit 1
+  fi
+  touch "$STACK/server-only"
+  write_server_env
+  start_server
+  log "up (server only); clients: source $STACK/env"
 }
 
 down() {
@@ -226,11 +266,12 @@ status() {
 
 case "${1:-}" in
   up) up "${2:-2}" ;;
+  server) server_only ;;
   worker) set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
   down) down ;;
   purge) down; rm -rf "$(pg_home)" "$STACK" ;;
   status) status ;;
   restart-server) set -a; source "$STACK/env"; set +a; stop_pid server; start_server ;;
   env) cat "$STACK/env" ;;
-  *) echo "usage: $0 up [WORKERS] | worker N | restart-server | down | purge | status | env" >&2; exit 2 ;;
+  *) echo "usage: $0 up [WORKERS] | server | worker N | restart-server | down | purge | status | env" >&2; exit 2 ;;
 esac

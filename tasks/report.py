@@ -6,14 +6,17 @@ took). The stage table belongs to the run, not to the models, so every run write
 a new report; the flow points the alias `<workload>/report` at the newest one.
 
 Plots: accuracy against batch-1 latency and against file size for every variant,
-the INT8 student's confusion matrix, per-class F1 of every variant, stage times.
+the INT8 student's confusion matrix, per-class F1 of every variant, stage times; small
+PNGs, since the UI's copy of the report carries them inline (flows/publish.py).
+The models table is formatted once (MODEL_COLUMNS), for report.md and for the UI's
+table artifact alike; a smoke run says so in the report's title.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +52,9 @@ class ReportParams(BaseModel):
     stages: dict[str, StageRun] = Field(description="this run's steps in DAG order")
 
 
+ROW_FIELDS = ("model", "accuracy", "macro_f1", "latency_p50_ms", "latency_p95_ms", "size_mb", "speedup", "smaller")
+
+
 def model_rows(evaluation: dict) -> list[dict]:
     """One row per model variant, with its speed-up and size ratio to the baseline."""
     models = evaluation["models"]
@@ -69,7 +75,41 @@ def model_rows(evaluation: dict) -> list[dict]:
 
 
 def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}x"
+    # Past 100x a decimal is noise (smoke runs reach 900x against a tiny teacher).
+    if value is None:
+        return ""
+    return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x"
+
+
+# The models table as people read it, in report.md and in the Prefect UI alike:
+# column header -> how a model_rows() row shows in that column.
+MODEL_COLUMNS: dict[str, Callable[[dict], str]] = {
+    "model": lambda r: r["model"],
+    "accuracy": lambda r: f"{r['accuracy']:.2%}",
+    "macro-F1": lambda r: f"{r['macro_f1']:.4f}",
+    "p50 latency": lambda r: f"{r['latency_p50_ms']:.2f} ms",
+    "p95 latency": lambda r: f"{r['latency_p95_ms']:.2f} ms",
+    "size": lambda r: f"{r['size_mb']:.1f} MB",
+    "faster than teacher": lambda r: _ratio(r["speedup"]),
+    "smaller than teacher": lambda r: _ratio(r["smaller"]),
+}
+
+
+def readable_model_rows(rows: list[dict]) -> list[dict[str, str]]:
+    """model_rows() (or models.json) formatted for people: header -> text."""
+    for row in rows:
+        missing = [name for name in ROW_FIELDS if name not in row]
+        if missing:
+            raise ValueError(f"model row {row.get('model', '?')!r} lacks {missing}: "
+                             "rows come from model_rows() (a run report's models.json)")
+    return [{header: show(row) for header, show in MODEL_COLUMNS.items()} for row in rows]
+
+
+SMOKE_NOTE = "smoke run: tiny models on a data slice, accuracy means nothing"
+
+
+def report_title(workload: str, smoke: bool) -> str:
+    return f"distillery report: {workload}" + (f" ({SMOKE_NOTE})" if smoke else "")
 
 
 def markdown_report(params: ReportParams, evaluation: dict) -> str:
@@ -77,19 +117,18 @@ def markdown_report(params: ReportParams, evaluation: dict) -> str:
     models = evaluation["models"]
     computed = [n for n, s in params.stages.items() if s.state == "computed"]
     lines = [
-        f"# distillery report: {params.workload}",
+        f"# {report_title(params.workload, params.smoke)}",
         "",
         f"Test set: {evaluation['test_rows']} sentences, {len(names)} classes. Latency: batch 1, "
         f"test sentences at their real lengths, {evaluation['threads']} CPU threads.",
         "",
         "## Models",
         "",
-        "| model | accuracy | macro-F1 | p50 ms | p95 ms | size MB | faster than teacher | smaller than teacher |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| " + " | ".join(MODEL_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(MODEL_COLUMNS) - 1),
     ]
-    for r in model_rows(evaluation):
-        lines.append(f"| {r['model']} | {r['accuracy']:.2%} | {r['macro_f1']:.4f} | {r['latency_p50_ms']:.2f} | "
-                     f"{r['latency_p95_ms']:.2f} | {r['size_mb']:.1f} | {_ratio(r['speedup'])} | {_ratio(r['smaller'])} |")
+    for row in readable_model_rows(model_rows(evaluation)):
+        lines.append("| " + " | ".join(row.values()) + " |")
     lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
     lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]
@@ -123,7 +162,40 @@ def _figure(width: float, height: float, columns: int = 1):
     return plt, fig, axes
 
 
-def plot_accuracy_latency(evaluation: dict, path: Path) -> None:
+# Tick values per decade, in order of preference: 1-2-5 unless that puts too few labels
+# on the data's range (17.5 to 23.4 MB: 15, 20, 30) or too many (a range of many
+# decades: one label each). Matplotlib's own log locator labels decades only, which
+# left 0.7 to 10 ms with a lonely "1" and 17 to 90 MB with no label at all.
+LOG_TICK_STEPS = {"1-2-5": (1.0, 2.0, 5.0), "fine": (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), "decades": (1.0,)}
+
+
+def _bracketing_ticks(low: float, high: float, steps: tuple[float, ...]) -> list[float]:
+    """Tick values from the last one at or below low to the first one at or above high."""
+    decades = range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 2)
+    values = sorted(float(f"{m * 10.0 ** d:.6g}") for d in decades for m in steps)
+    first = max(v for v in values if v <= low * (1 + 1e-9))
+    last = min(v for v in values if v >= high * (1 - 1e-9))
+    return [v for v in values if first <= v <= last]
+
+
+def log_ticks(low: float, high: float, fewest: int = 4, most: int = 10) -> list[float]:
+    """Round values to label a log axis over [low, high]; the first is at or below low
+    and the last at or above high, so the labels bracket every point."""
+    if not (0 < low <= high < float("inf")):
+        raise ValueError(f"a log axis needs 0 < low <= high < inf, got {low!r} and {high!r}")
+    candidates = {name: _bracketing_ticks(low, high, steps) for name, steps in LOG_TICK_STEPS.items()}
+    for ticks in candidates.values():
+        if fewest <= len(ticks) <= most:
+            return ticks
+    if len(candidates["1-2-5"]) > most:
+        return candidates["decades"]
+    if len(candidates["fine"]) < 3:  # (nearly) one value: label its neighbourhood too
+        return log_ticks(low / 1.5, high * 1.5, fewest, most)
+    return candidates["fine"]
+
+
+def accuracy_latency_figure(evaluation: dict):
+    """The figure of accuracy_latency.png, open, for saving or for inspecting its axes."""
     from matplotlib import ticker
 
     rows = model_rows(evaluation)
@@ -134,15 +206,40 @@ def plot_accuracy_latency(evaluation: dict, path: Path) -> None:
             ax.scatter(r[x], 100 * r["accuracy"], s=60)
             ax.annotate(r["model"], (r[x], 100 * r["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        values = [r[x] for r in rows]
+        ticks = log_ticks(min(values), max(values))
+        # Room around the outermost points (a fifth of a decade) and their labels.
+        ax.set_xlim(min(ticks[0], min(values) / 1.6), max(ticks[-1], max(values) * 1.6))
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.margins(y=0.15)  # the labels above the highest point stay inside the frame
+        ax.grid(True, which="major", alpha=0.4)
+        ax.grid(True, which="minor", alpha=0.15)
     fig.suptitle("Accuracy against speed and size (up and left is better)")
     fig.tight_layout()
-    fig.savefig(path)
+    return plt, fig
+
+
+def _save(plt, fig, path: Path) -> None:
+    """A compact PNG: the plots travel inside the run's markdown artifact (base64), and a
+    256-colour palette keeps all four near 50 KB instead of 120 KB, with no visible loss."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
+
+
+def plot_accuracy_latency(evaluation: dict, path: Path) -> None:
+    plt, fig = accuracy_latency_figure(evaluation)
+    _save(plt, fig, path)
 
 
 def plot_confusion(evaluation: dict, path: Path) -> None:
@@ -160,8 +257,7 @@ def plot_confusion(evaluation: dict, path: Path) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"{FINAL_MODEL}: confusion matrix (counts; colour: share of the row)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_per_class_f1(evaluation: dict, path: Path) -> None:
@@ -176,8 +272,7 @@ def plot_per_class_f1(evaluation: dict, path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title("Per-class F1")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_stage_times(params: ReportParams, path: Path) -> None:
@@ -193,8 +288,7 @@ def plot_stage_times(params: ReportParams, path: Path) -> None:
     ax.set_xlim(0, max(seconds + [1]) * 1.35)
     ax.set_title("Stage times (orange computed, green cached)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def build_report(params: ReportParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -216,5 +310,5 @@ STAGE = Stage(
     params=ReportParams,
     inputs=("evaluation",),
     build=build_report,
-    libraries=("matplotlib",),
+    libraries=("matplotlib", "pillow"),
 )

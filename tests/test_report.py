@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from artifacts.progress import BAR_ENV, Progress, bar_wanted
 from artifacts.store import ArtifactRef, ArtifactStore
-from conftest import store_copy
+from conftest import EMOTION_LABELS, store_copy
 from flows.pipeline import STEP_NAMES
-from tasks.report import PLOTS
+from flows.publish import embed_images
+from tasks import report as report_stage
+from tasks.report import (MODEL_COLUMNS, PLOTS, SMOKE_NOTE, ReportParams, accuracy_latency_figure, log_ticks,
+                          markdown_report, model_rows, readable_model_rows, report_title)
 
 
 def evaluation_of(store, summary) -> dict:
@@ -28,13 +34,15 @@ def test_cold_run_report_holds_every_model_class_and_stage(cold):
     folder = ArtifactStore(store).open(ArtifactRef(kind="run-report", digest=digest))
     assert f"report: {folder}/report.md" in run.output
     report = (folder / "report.md").read_text()
+    assert report.startswith(f"# distillery report: emotion ({SMOKE_NOTE})\n")
     evaluation = evaluation_of(store, run.summary)
     models = evaluation["models"]
     speedup = models["teacher"]["latency_p50_ms"] / models["student_int8"]["latency_p50_ms"]
     for name, m in models.items():
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert f"{m['accuracy']:.2%}" in row and f"{m['macro_f1']:.4f}" in row and f"{m['latency_p50_ms']:.2f}" in row
-    assert f"| {speedup:.1f}x |" in next(line for line in report.splitlines() if line.startswith("| student_int8 |"))
+    ratio = f"{speedup:.0f}x" if speedup >= 100 else f"{speedup:.1f}x"
+    assert f"| {ratio} |" in next(line for line in report.splitlines() if line.startswith("| student_int8 |"))
     for label, counts in zip(evaluation["labels"], models["student_int8"]["confusion_matrix"]):
         assert f"| {label} | " + " | ".join(map(str, counts)) + " |" in report
         assert any(line.startswith(f"| {label} | ") and line.count("|") == len(models) + 2 for line in report.splitlines())
@@ -81,13 +89,27 @@ def test_progress_artifacts_follow_training(in_process_runs):
 def test_cached_run_still_publishes_its_report(in_process_runs):
     store, [_, (summary, artifacts)] = in_process_runs
     assert {s["state"] for s in summary["stages"].values()} == {"cached"}
-    markdown = artifacts[("markdown", "emotion-report")].data
+    report = artifacts[("markdown", "emotion-report")]
+    markdown = report.data
     assert "0 of 10 stages computed" in markdown
     assert summary["report"]["location"] in markdown
-    table = artifacts[("table", "emotion-models")].data
-    rows = json.loads(table) if isinstance(table, str) else table
+    # A smoke run says so where the UI shows it: the report's title and both descriptions.
+    assert markdown.startswith(f"# {report_title('emotion', smoke=True)}\n")
+    table = artifacts[("table", "emotion-models")]
+    assert SMOKE_NOTE in report.description and SMOKE_NOTE in table.description
+    # The plots travel inside the markdown, byte for byte the PNGs in the store.
+    folder = ArtifactStore(store).object_path(summary["report"]["artifact"])
+    inlined = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    assert sorted(base64.b64decode(data) for data in inlined) == sorted(
+        open(f"{folder}/{plot}.png", "rb").read() for plot in PLOTS)
+    assert not re.search(r"\]\((?!data:)[^)]*\.png\)", markdown)  # no link the UI cannot follow
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["model"] for r in rows] == ["teacher", "student", "student_int8"]
-    assert rows[2]["accuracy"] == round(summary["metrics"]["student_int8"]["accuracy"], 4)
+    assert list(rows[0]) == list(MODEL_COLUMNS)
+    int8 = summary["metrics"]["student_int8"]
+    assert rows[2]["accuracy"] == f"{int8['accuracy']:.2%}"
+    assert rows[2]["p50 latency"] == f"{int8['latency_p50_ms']:.2f} ms"
+    assert rows[2]["size"] == f"{int8['size_bytes'] / 1e6:.1f} MB"
     assert not [k for k in artifacts if k[0] == "progress"]  # nothing trained, nothing to show
 
 
@@ -117,3 +139,117 @@ def test_bar_only_on_a_terminal_unless_forced(monkeypatch):
     assert not bar_wanted(Terminal())
     monkeypatch.setenv(BAR_ENV, "1")
     assert bar_wanted(io.StringIO())
+
+
+def evaluation_like(models: dict[str, tuple[float, float, float]]) -> dict:
+    """metrics.json as the evaluate stage writes it: name -> (accuracy, p50 ms, MB)."""
+    return {"labels": EMOTION_LABELS, "test_rows": 2000, "threads": 2, "models": {
+        name: {"accuracy": accuracy, "macro_f1": accuracy - 0.04, "latency_p50_ms": p50, "latency_p95_ms": 1.5 * p50,
+               "size_bytes": round(mb * 1e6), "per_class_f1": [accuracy - 0.02 * i for i in range(6)],
+               "confusion_matrix": [[90 if i == j else 2 for j in range(6)] for i in range(6)]}
+        for name, (accuracy, p50, mb) in models.items()}}
+
+
+# The full run's figures (README) and a smoke run's: tiny models, sub-millisecond INT8.
+FULL_RUN = evaluation_like({"teacher": (0.924, 10.47, 90.9), "student": (0.9265, 5.19, 69.6), "student_int8": (0.9275, 0.73, 18.0)})
+SMOKE_RUN = evaluation_like({"teacher": (0.34, 64.4, 2.3), "student": (0.3133, 0.82, 8.1), "student_int8": (0.3267, 0.07, 2.1)})
+
+
+def test_models_table_reads_the_same_in_the_report_and_the_ui():
+    rows = readable_model_rows(model_rows(SMOKE_RUN))
+    assert list(rows[0]) == ["model", "accuracy", "macro-F1", "p50 latency", "p95 latency", "size",
+                             "faster than teacher", "smaller than teacher"]
+    # 64.4 / 0.07 = 920.0: past 100x a decimal is noise.
+    assert rows[2] == {"model": "student_int8", "accuracy": "32.67%", "macro-F1": "0.2867", "p50 latency": "0.07 ms",
+                       "p95 latency": "0.11 ms", "size": "2.1 MB", "faster than teacher": "920x",
+                       "smaller than teacher": "1.1x"}
+    assert rows[1]["faster than teacher"] == "78.5x" and rows[1]["smaller than teacher"] == "0.3x"
+    params = ReportParams(workload="emotion", stages={})
+    table = [line for line in markdown_report(params, SMOKE_RUN).splitlines() if line.startswith("| student_int8 |")][0]
+    assert table == "| " + " | ".join(rows[2].values()) + " |"
+    with pytest.raises(ValueError, match=r"'student' lacks \['speedup'\]"):
+        readable_model_rows([{k: v for k, v in model_rows(SMOKE_RUN)[1].items() if k != "speedup"}])
+
+
+def test_report_title_marks_smoke_runs_only():
+    smoke = markdown_report(ReportParams(workload="sst2", smoke=True, stages={}), FULL_RUN)
+    real = markdown_report(ReportParams(workload="sst2", stages={}), FULL_RUN)
+    assert smoke.splitlines()[0] == "# distillery report: sst2 (smoke run: tiny models on a data slice, accuracy means nothing)"
+    assert real.splitlines()[0] == "# distillery report: sst2" and "smoke" not in real
+
+
+def built_report(tmp_path, evaluation: dict) -> tuple:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "metrics.json").write_text(json.dumps(evaluation))
+    out = tmp_path / "out"
+    out.mkdir()
+    params = ReportParams(workload="emotion", smoke=True, stages={
+        "fetch_dataset": {"state": "computed", "stage": "fetch", "seconds": 0.4, "artifact": "ab" * 32}})
+    report_stage.build_report(params, {"evaluation": tmp_path / "in"}, out, Progress(lambda _: None))
+    return out, (out / "report.md").read_text()
+
+
+def test_plots_are_embedded_as_data_uris_and_stay_compact(tmp_path):
+    folder, markdown = built_report(tmp_path, FULL_RUN)
+    body = embed_images(markdown, folder)
+    images = re.findall(r"^!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)$", body, flags=re.M)
+    assert [alt for alt, _ in images] == ["accuracy vs latency and size", "per-class F1", "confusion matrix", "stage times"]
+    assert [base64.b64decode(data) for _, data in images] == [
+        (folder / f"{name}.png").read_bytes() for name in ("accuracy_latency", "per_class_f1", "confusion_matrix", "stage_times")]
+    for _, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format == "PNG" and image.width >= 600
+    assert 20_000 < len(body.encode()) < 140_000, len(body.encode())  # four real plots, yet one compact artifact
+    # Everything else is report.md unchanged, so the store's copy keeps its relative links.
+    assert [line for line in body.splitlines() if not line.startswith("![")] == [
+        line for line in markdown.splitlines() if not line.startswith("![")]
+    assert "](accuracy_latency.png)" in (folder / "report.md").read_text()
+    (folder / "stage_times.png").unlink()
+    with pytest.raises(FileNotFoundError, match="stage_times.png"):
+        embed_images(markdown, folder)
+    with pytest.raises(FileNotFoundError, match="not a file in the report folder"):
+        embed_images("![escape](../in/secret.png)\n", folder)
+
+
+def visible_ticks(axis, low: float, high: float) -> list[tuple[float, str]]:
+    return [(v, label.get_text()) for v, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if low <= v <= high]
+
+
+@pytest.mark.parametrize("evaluation", [FULL_RUN, SMOKE_RUN], ids=["full-run", "smoke-run"])
+def test_accuracy_latency_axes_carry_round_tick_labels_around_the_data(evaluation):
+    plt, fig = accuracy_latency_figure(evaluation)
+    try:
+        fig.canvas.draw()
+        latency_axes, size_axes = fig.axes
+        rows = model_rows(evaluation)
+        for ax, key in ((latency_axes, "latency_p50_ms"), (size_axes, "size_mb")):
+            values = [r[key] for r in rows]
+            low, high = ax.get_xlim()
+            assert low < min(values) and max(values) < high  # every point inside the frame
+            ticks = visible_ticks(ax.xaxis, low, high)
+            numbers = [v for v, _ in ticks]
+            assert 3 <= len(ticks) <= 10, ticks
+            assert all(text == f"{v:g}" for v, text in ticks), ticks  # "0.5", "20", never "$10^{1}$" or ""
+            assert numbers[0] <= min(values) and numbers[-1] >= max(values), (key, ticks, values)
+            # Round values: one significant figure from 1-2-5 (or 1.5, 3, 7 on narrow ranges).
+            assert all(re.fullmatch(r"0\.0*[1-9]5?|[1-9]\.?5?0*", text) for _, text in ticks), ticks
+    finally:
+        plt.close(fig)
+    if evaluation is FULL_RUN:
+        assert [t for _, t in visible_ticks(latency_axes.xaxis, *latency_axes.get_xlim())] == ["0.5", "1", "2", "5", "10", "20"]
+        assert [t for _, t in visible_ticks(size_axes.xaxis, *size_axes.get_xlim())] == ["10", "20", "50", "100"]
+
+
+def test_log_ticks_bracket_any_range_and_refuse_what_a_log_axis_cannot_show():
+    assert log_ticks(0.73, 10.47) == [0.5, 1, 2, 5, 10, 20]
+    assert log_ticks(17.5, 23.4) == [15, 20, 30]  # narrow: finer steps than 1-2-5
+    assert log_ticks(0.01, 5000) == [0.01, 0.1, 1, 10, 100, 1000, 10000]  # wide: decades
+    assert len(log_ticks(3.0, 3.0)) >= 3
+    for low, high in ((0.02, 0.5), (1e-3, 2e-3), (40, 41), (1, 1e6), (123.4, 5678.9)):
+        ticks = log_ticks(low, high)
+        assert ticks[0] <= low and ticks[-1] >= high and 2 <= len(ticks) <= 10 and ticks == sorted(set(ticks)), (low, high, ticks)
+        assert np.all(np.diff(np.log10(ticks)) > 0)
+    for low, high in ((0, 1), (-1, 2), (2, 1), (1, float("inf")), (float("nan"), 1)):
+        with pytest.raises(ValueError, match="log axis needs"):
+            log_ticks(low, high)
