@@ -6,6 +6,7 @@
   explain [WORKLOAD OPTIONS] for each stage, whether the next run would be cached, and if
                              not, which parameter, upstream artifact, code module, library
                              version or source file changed since the artifact it made last
+                             (--workload PRESET, --name NAME: the workload's latest run)
   gc [--delete]              artifacts no record, alias or downstream artifact needs, old
                              staging folders, checkpoints of finished or abandoned stages;
                              listed, deleted with --delete
@@ -24,6 +25,8 @@ from pathlib import Path
 from artifacts.lineage import age_seconds, entries, referenced, roots
 from artifacts.records import record_keys
 from artifacts.store import DEFAULT_STORE, DIGEST_PATTERN, ArtifactStore
+
+EXIT_BAD_INPUT = 2
 
 
 def _size(n: int) -> str:
@@ -106,6 +109,7 @@ def _mtime(store: ArtifactStore, path: str) -> float:
 
 def cmd_explain(store: ArtifactStore, args: argparse.Namespace) -> int:
     from flows.explain import explain  # needs the pipeline's configuration and stages
+    from tasks.errors import DistilleryError
 
     overrides: dict[str, dict] = {}
     for item in args.set or []:
@@ -116,30 +120,70 @@ def cmd_explain(store: ArtifactStore, args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             parsed = value
         overrides.setdefault(section, {})[field] = parsed
-    for line in explain(store, args.workload, args.data, args.smoke, overrides):
+    try:
+        lines = explain(store, args.workload, args.data, args.smoke, overrides, name=args.name)
+    except DistilleryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for line in lines:
         print(line)
     return 0
 
 
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE), help="store root (env DISTILLERY_STORE)")
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair", action="store_true", help="delete broken artifacts so they are recomputed")
+
+
+def _gc_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--delete", action="store_true", help="delete; without it, only list")
+    parser.add_argument("--min-age-minutes", type=float, default=60, help="never touch artifacts or staging folders younger than this")
+    parser.add_argument("--checkpoint-days", type=float, default=7, help="delete checkpoints of unfinished stages older than this")
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", default="emotion", help="the preset: emotion, sst2 or generic")
+    parser.add_argument("--name", help="the workload's name, whose latest run the stages are compared with (default: the preset's)")
+    parser.add_argument("--data", default=os.environ.get("DISTILLERY_DATA"), help="data source (env DISTILLERY_DATA)")
+    parser.add_argument("--smoke", action="store_true", help="the smoke-sized preset")
+    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="a stage parameter, e.g. quantize.approach=static")
+
+
+# command -> (what runs it, one line of help, what adds its arguments)
+COMMANDS = {
+    "list": (cmd_list, "list artifacts, their sizes and what references each", _no_arguments),
+    "verify": (cmd_verify, "check every artifact's checksums", _verify_arguments),
+    "gc": (cmd_gc, "delete what nothing references", _gc_arguments),
+    "explain": (cmd_explain, "why each stage would (not) rerun", _explain_arguments),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m artifacts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE), help="store root (env DISTILLERY_STORE)")
+    add_store_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="list artifacts")
-    verify = commands.add_parser("verify", help="check every artifact's checksums")
-    verify.add_argument("--repair", action="store_true", help="delete broken artifacts so they are recomputed")
-    gc = commands.add_parser("gc", help="delete what nothing references")
-    gc.add_argument("--delete", action="store_true", help="delete; without it, only list")
-    gc.add_argument("--min-age-minutes", type=float, default=60, help="never touch artifacts or staging folders younger than this")
-    gc.add_argument("--checkpoint-days", type=float, default=7, help="delete checkpoints of unfinished stages older than this")
-    explain = commands.add_parser("explain", help="why each stage would (not) rerun")
-    explain.add_argument("--workload", default="emotion", help="preset, as flows/<workload>.py")
-    explain.add_argument("--data", default=os.environ.get("DISTILLERY_DATA"), help="data source (env DISTILLERY_DATA)")
-    explain.add_argument("--smoke", action="store_true", help="the smoke-sized preset")
-    explain.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="a stage parameter, e.g. quantize.approach=static")
+    for name, (_, help_text, add_arguments) in COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
-    store = ArtifactStore(args.store)
-    return {"list": cmd_list, "verify": cmd_verify, "gc": cmd_gc, "explain": cmd_explain}[args.command](store, args)
+    return COMMANDS[args.command][0](ArtifactStore(args.store), args)
+
+
+def command_main(command: str, argv: list[str] | None, prog: str) -> int:
+    """One command as a program of its own, its --store among its options (`distillery gc --store ROOT`)."""
+    run, help_text, add_arguments = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=prog, description=help_text[0].upper() + help_text[1:] + ".",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_store_argument(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(ArtifactStore(args.store), args)
 
 
 if __name__ == "__main__":

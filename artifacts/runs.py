@@ -28,6 +28,7 @@ class RunRecord(BaseModel):
     workload: str
     roles: dict[str, ArtifactRef]
     steps: dict[str, str] = {}  # step name -> artifact digest, in DAG order
+    labels: list[str] = []  # class names in id order: what the INT8 model's outputs mean
     created: str = ""
 
     def role(self, name: str) -> ArtifactRef:

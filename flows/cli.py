@@ -4,6 +4,10 @@ Every stage parameter is a flag `--<stage>-<field>` whose help is the field's
 description and whose default is the preset's value, so `--help` documents every
 parameter and no flow file repeats one. Values are checked by the same pydantic
 models the flow uses, once, before anything starts.
+
+One parser serves `python flows/<preset>.py` (the preset fixed), `distillery run`
+(`--preset`, default generic, and `--name`) and `distillery status` (the same flags:
+what that run would recompute).
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import json
 import os
 import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
 from flows.config import SECTIONS, PipelineConfig
-from flows.presets import Overrides, build_config
+from flows.presets import GENERIC, PRESETS, Overrides, build_config
 from tasks.errors import DistilleryError
 
 # Short names for the flags people type most.
@@ -60,17 +65,30 @@ def _parse_value(annotation: Any, raw: str) -> Any:
     return raw
 
 
-def build_parser(workload: str, preset: PipelineConfig) -> argparse.ArgumentParser:
+def build_parser(workload: str, preset: PipelineConfig, prog: str | None = None, choose_preset: bool = False,
+                 description: str | None = None, summary: bool = True) -> argparse.ArgumentParser:
+    """The flags of a run of `workload` (a preset), its values shown as defaults.
+
+    choose_preset adds --preset (the console's `run` and `status`); summary adds --summary.
+    """
     parser = argparse.ArgumentParser(
-        prog=f"python flows/{workload}.py",
-        description=f"Run the distillery pipeline on the {workload} preset: fetch data, tokenize, fine-tune "
+        prog=prog or f"python flows/{workload}.py",
+        description=description or f"Run the distillery pipeline on the {workload} preset: fetch data, tokenize, fine-tune "
         "the teacher, distil the student, export ONNX, quantize to INT8, evaluate. Every stage is cached "
         "by its inputs; a rerun recomputes only what changed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    if choose_preset:
+        parser.add_argument("--preset", choices=list(PRESETS), default=GENERIC,
+                            help="models, hyper-parameters, and for emotion and sst2 the data source and label set; "
+                            "--help after --preset shows that preset's values")
+    parser.add_argument("--name", help="the workload's name: store aliases NAME/latest and NAME/report, the report's "
+                        "title, the Prefect run's name and tags (lower-case letters, digits, - and _; default: the preset's "
+                        "name; required for the generic preset)")
     parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"),
                         help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
-    parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")
+    if summary:
+        parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")
     parser.add_argument("--smoke", action="store_true", help="small data slice and a tiny model: the whole DAG in minutes")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                         help="where training and teacher inference run (sets --teacher-device and --student-device); auto: cuda when torch sees one")
@@ -88,9 +106,47 @@ def build_parser(workload: str, preset: PipelineConfig) -> argparse.ArgumentPars
                 _flag(section, field), dest=f"{section}.{field}", metavar=field.upper(),
                 default=os.environ.get(env) if env else None,
                 choices=_choices(info.annotation),
-                help=f"{help_text}; preset: {shown}",
+                help=f"{help_text}; preset: {shown if shown != '' else 'none'}",
             )
     return parser
+
+
+def chosen_preset(argv: list[str] | None) -> str:
+    """The --preset among `argv` (default generic), read before the full parser is built with its values."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--preset", choices=list(PRESETS), default=GENERIC)
+    return peek.parse_known_args(argv)[0].preset
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the command line asks of one run, as the flow's parameters."""
+
+    preset: str
+    name: str | None
+    data: str | None
+    smoke: bool
+    overrides: Overrides
+    store: str
+
+    def config(self) -> PipelineConfig:
+        """The run's configuration, every problem a DistilleryError naming the flag to fix."""
+        return build_config(PRESETS[self.preset](), self.data, self.smoke, self.overrides, describe=_flag, name=self.name)
+
+    def flow_parameters(self) -> dict[str, Any]:
+        return {"workload": self.preset, "name": self.name, "data": self.data, "smoke": self.smoke,
+                "overrides": self.overrides, "store": self.store}
+
+
+def parse_request(argv: list[str] | None, preset: str | None = None, prog: str | None = None,
+                  description: str | None = None, summary: bool = True) -> tuple[RunRequest, argparse.Namespace]:
+    """Parse a run's flags: of `preset`, or, when None, of the one --preset names."""
+    chosen = preset or chosen_preset(argv)
+    values = PRESETS[chosen]()
+    args = build_parser(chosen, values, prog=prog, choose_preset=preset is None, description=description,
+                        summary=summary).parse_args(argv)
+    data, overrides = overrides_from_args(values, args)
+    return RunRequest(chosen, args.name, data, args.smoke, overrides, args.store), args
 
 
 def overrides_from_args(preset: PipelineConfig, args: argparse.Namespace) -> tuple[str | None, Overrides]:
@@ -115,12 +171,12 @@ def overrides_from_args(preset: PipelineConfig, args: argparse.Namespace) -> tup
     return data, overrides
 
 
-def _bad_input(message: str) -> int:
+def bad_input(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
-def _quiet_defaults() -> None:
+def quiet_defaults() -> None:
     """Embedded defaults for a laptop run: a temporary Prefect server, no telemetry, calm logs."""
     for name, value in {
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s times out on a busy machine
@@ -134,7 +190,9 @@ def _quiet_defaults() -> None:
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"{'stage':<18} {'state':<9} {'seconds':>8}  artifact"]
+    lines = [f"workload {summary['workload']} (preset {summary['preset']}), flow run {summary['flow_run']['name']}, "
+             f"labels: {', '.join(summary['labels'])}", ""]
+    lines.append(f"{'stage':<18} {'state':<9} {'seconds':>8}  artifact")
     for name, stage in summary["stages"].items():
         lines.append(f"{name:<18} {stage['state']:<9} {stage['seconds']:>8.1f}  {stage['artifact'][:12]}")
     lines.append("")
@@ -147,18 +205,38 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(workload: str, preset: Callable[[], PipelineConfig], argv: list[str] | None = None) -> int:
-    _quiet_defaults()
-    args = build_parser(workload, preset()).parse_args(argv)
+def main(workload: str, preset: Callable[[], PipelineConfig] | None = None, argv: list[str] | None = None) -> int:
+    """`python flows/<workload>.py ARGS`: a run of that preset.
+
+    `preset`, when given, must be the registered one: the flow runs presets by name.
+    """
+    if preset is not None and preset is not PRESETS.get(workload):
+        raise ValueError(f"preset {preset!r} is not the registered preset {workload!r} (flows/presets.py PRESETS)")
+    return run_command(argv, preset=workload)
+
+
+RUN_DESCRIPTION = (
+    "Run a workload: a preset (--preset: emotion and sst2 bring their data source and label set; generic, the "
+    "default, brings neither and needs --data) under a name (--name, default the preset's). Fetch data, tokenize, "
+    "fine-tune the teacher, distil the student, export ONNX, quantize to INT8, evaluate; every stage is cached by "
+    "its inputs, so a rerun recomputes only what changed. --help after --preset shows that preset's values.")
+
+
+def run_command(argv: list[str] | None, preset: str | None = None, prog: str | None = None) -> int:
+    """Check every input, then run the flow and print its table; exit status 2 on bad input.
+
+    preset None: the console's `run`, where --preset chooses it.
+    """
+    quiet_defaults()
     try:
-        data, overrides = overrides_from_args(preset(), args)
-        config = build_config(preset(), data, args.smoke, overrides, describe=_flag)
+        request, args = parse_request(argv, preset, prog, description=None if preset else RUN_DESCRIPTION)
+        config = request.config()
         from flows.pipeline import distillery, preflight  # imports Prefect: after the cheap checks
 
         preflight(config)
-        summary = distillery(workload=workload, data=data, smoke=args.smoke, overrides=overrides, store=args.store)
+        summary = distillery(**request.flow_parameters())
     except DistilleryError as exc:
-        return _bad_input(str(exc))
+        return bad_input(str(exc))
     print(format_table(summary))
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from tasks.augment import AugmentParams
 from tasks.distil import FROM_TEACHER, StudentParams
@@ -17,13 +20,31 @@ from tasks.sources import DataParams
 from tasks.teacher import TeacherParams
 from tasks.tokenize import TokenizeParams
 
+# One segment of a store alias (artifacts/store.py's ALIAS_PATTERN), without its dots
+# and underscores: the name also makes Prefect artifact keys (<name>-report), which
+# allow neither, and mapping '_' to '-' would give my_data and my-data the same keys.
+WORKLOAD_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+WORKLOAD_NAME_MAX = 64
+
+
+def check_workload_name(name: str) -> str:
+    """The name, or a DistilleryError saying what a name may hold and suggesting one."""
+    if WORKLOAD_NAME.match(name) and len(name) <= WORKLOAD_NAME_MAX:
+        return name
+    suggestion = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:WORKLOAD_NAME_MAX] or "my-data"
+    raise DistilleryError(
+        f"invalid workload name {name!r}: a name is 1 to {WORKLOAD_NAME_MAX} lower-case letters, digits or '-', "
+        f"starting with a letter or digit, because it names the store aliases <name>/latest and <name>/report and the Prefect artifacts <name>-report; "
+        f"use e.g. --name {suggestion}")
+
 
 class PipelineConfig(BaseModel):
     """Every parameter of every stage. A preset (flows/presets.py) fills it in."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("emotion", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="workload name, used for the store alias <name>/latest")
+    name: str = Field("emotion", description="workload name: the store aliases <name>/latest and <name>/report, the "
+                      "report's title, the Prefect run's name and tags")
     data: DataParams = DataParams()
     tokenize: TokenizeParams = TokenizeParams()
     teacher: TeacherParams = TeacherParams()
@@ -34,6 +55,14 @@ class PipelineConfig(BaseModel):
     quantize: QuantizeParams = QuantizeParams()
     qat: QATParams = QATParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        try:
+            return check_workload_name(name)
+        except DistilleryError as exc:
+            raise PydanticCustomError("workload_name", str(exc)) from None
 
     def check(self) -> None:
         """Checks across sections that pydantic cannot phrase as flags; DistilleryError if one fails."""

@@ -6,9 +6,10 @@ upstream stages would hand it, and looked up among the store's cache records, as
 the real run does. A stage is cached when that record holds a sound artifact, even
 one an earlier run than the latest made. Otherwise the stage would run, and explain
 names what differs from the artifact the same step made in the workload's latest
-run (its run record, `<workload>/latest`, names them): a parameter, a code
+run (its run record, `<name>/latest`, names them): a parameter, a code
 module, a library version, a source file, an upstream artifact, or an upstream
-stage that reruns.
+stage that reruns. Runs of other workload names in the same store share the cache
+(a stage any of them made is cached) but not the comparison.
 """
 
 from __future__ import annotations
@@ -96,10 +97,27 @@ def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, mani
     return reasons
 
 
-def explain(store: ArtifactStore, workload: str, data: str | None, smoke: bool, overrides: dict) -> list[str]:
-    config, _ = resolve(workload, data, smoke, overrides, store.root)
+class StepStatus(NamedTuple):
+    """One step of the next run: cached (detail: its artifact) or not (detail: why it reruns)."""
+
+    step: str
+    cached: bool
+    detail: str
+    first: bool = False  # no earlier artifact of this step to compare with
+
+    @property
+    def line(self) -> str:
+        if self.cached:
+            return f"{self.step}: cached ({self.detail})"
+        return f"{self.step}: would run ({self.detail})" if self.first else f"{self.step}: would run: {self.detail}"
+
+
+def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: bool, overrides: dict,
+                  name: str | None = None) -> list[StepStatus]:
+    """Every step of the run `workload` (the preset) under `name` would make, in DAG order."""
+    config, _ = resolve(workload, data, smoke, overrides, store.root, name)
     last = last_manifests(store, config.name)
-    lines = []
+    found: list[StepStatus] = []
 
     def dry_run(step: str, stage: Stage, params: Any, **inputs: ArtifactRef | WouldRun) -> ArtifactRef | WouldRun:
         manifest = last.get(step)
@@ -108,14 +126,19 @@ def explain(store: ArtifactStore, workload: str, data: str | None, smoke: bool, 
             ref, problem = cached_artifact(store, stage, stage.key(params, inputs), inputs)
             if ref is not None:
                 earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
-                lines.append(f"{step}: cached (artifact {ref.short}{earlier})")
+                found.append(StepStatus(step, True, f"artifact {ref.short}{earlier}"))
                 return ref
         if manifest is None:
-            lines.append(f"{step}: would run (no earlier artifact for workload {config.name!r})")
+            found.append(StepStatus(step, False, f"no earlier artifact for workload {config.name!r}", first=True))
         else:
-            reasons = _reasons(store, stage, params, inputs, manifest) or [problem]
-            lines.append(f"{step}: would run: " + "; ".join(reasons))
+            found.append(StepStatus(step, False, "; ".join(_reasons(store, stage, params, inputs, manifest) or [problem])))
         return WouldRun(step)
 
     run_dag(config, dry_run)
-    return lines
+    return found
+
+
+def explain(store: ArtifactStore, workload: str, data: str | None, smoke: bool, overrides: dict,
+            name: str | None = None) -> list[str]:
+    """One line per step: `<step>: cached (...)` or `<step>: would run: <reasons>`."""
+    return [status.line for status in step_statuses(store, workload, data, smoke, overrides, name)]

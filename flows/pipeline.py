@@ -18,6 +18,11 @@ as Prefect markdown and table artifacts from the flow itself, so a run served
 entirely from the cache still shows what it delivered. Last it publishes its run
 record (artifacts/runs.py): which artifact plays which role; `<workload>/latest`
 points at it, and predict, explain and the benchmarks read roles from it.
+
+A run goes by its workload's name (`name`, else the preset's): the aliases, the
+report's title, the Prefect run's name (`<name>[-smoke]-<time>`) and its tags
+(`workload:<name>`, `preset:<preset>`, `smoke`), so runs of many data sets on one
+server and one store stay apart.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import State
@@ -187,28 +192,63 @@ class StageRunner:
         return ref
 
 
-def resolve(workload: Workload, data: str | None, smoke: bool, overrides: Overrides | None, store: str | None) -> tuple[PipelineConfig, str]:
+def resolve(workload: Workload, data: str | None, smoke: bool, overrides: Overrides | None, store: str | None,
+            name: str | None = None) -> tuple[PipelineConfig, str]:
     """The run's configuration and store; unset values come from the environment."""
-    config = build_config(PRESETS[workload](), data or os.environ.get("DISTILLERY_DATA"), smoke, overrides)
+    if workload not in PRESETS:
+        raise DistilleryError(f"unknown preset {workload!r}: use one of {', '.join(PRESETS)}")
+    config = build_config(PRESETS[workload](), data or os.environ.get("DISTILLERY_DATA"), smoke, overrides, name=name)
     return config, store or os.environ.get("DISTILLERY_STORE") or DEFAULT_STORE
 
 
-@flow(name="distillery", log_prints=True)
+def run_tags(name: str, preset: str, smoke: bool) -> list[str]:
+    return [f"workload:{name}", f"preset:{preset}", *(["smoke"] if smoke else [])]
+
+
+def flow_run_name() -> str:
+    """`<name>[-smoke]-<UTC time>`, from the run's parameters (Prefect names the run before the flow body runs)."""
+    parameters = runtime.flow_run.parameters
+    name = parameters.get("name") or parameters.get("workload") or "emotion"
+    smoke = "-smoke" if parameters.get("smoke") else ""
+    return f"{name}{smoke}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def tag_run(tags: list[str]) -> dict:
+    """Adds the tags to this flow run on the server (keeping a deployment's own); returns the run's id, name and tags.
+
+    Best effort, like progress artifacts: a server that is briefly away must not fail the run.
+    """
+    run_id, current = runtime.flow_run.id, list(runtime.flow_run.tags)
+    merged = current + [t for t in tags if t not in current]
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run_id, tags=merged)
+    except Exception as exc:
+        get_run_logger().warning(f"flow run not tagged {tags} ({type(exc).__name__}: {exc}); the run goes on")
+    return {"id": str(run_id), "name": runtime.flow_run.name, "tags": merged}
+
+
+@flow(name="distillery", flow_run_name=flow_run_name, log_prints=True)
 def distillery(
     workload: Workload = "emotion",
     data: str | None = None,
     smoke: bool = False,
     overrides: Overrides | None = None,
     store: str | None = None,
+    name: str | None = None,
 ) -> dict:
     """Fetch, tokenize, fine-tune a teacher, soft-label, distil a student, export, quantize, evaluate.
 
-    workload: the preset (flows/presets.py); data: Hub id or folder (default: env
-    DISTILLERY_DATA, else the preset's); smoke: small slice and tiny model; overrides:
-    stage parameters, e.g. {"quantize": {"approach": "static"}}; store: artifact store
-    root (default: env DISTILLERY_STORE, else .distillery).
+    workload: the preset (flows/presets.py: emotion, sst2, generic); data: Hub id or
+    folder (default: env DISTILLERY_DATA, else the preset's; generic has none);
+    smoke: small slice and tiny model; overrides: stage parameters, e.g.
+    {"quantize": {"approach": "static"}} or {"data": {"text_column": "body"}}; store:
+    artifact store root (default: env DISTILLERY_STORE, else .distillery); name: the
+    workload's name (aliases <name>/latest and <name>/report, report title, run name
+    and tags; default: the preset's name, required for generic).
     """
-    config, store = resolve(workload, data, smoke, overrides, store)
+    config, store = resolve(workload, data, smoke, overrides, store, name)
+    flow_run = tag_run(run_tags(config.name, workload, smoke))
     preflight(config)
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
@@ -219,11 +259,13 @@ def distillery(
     run_report = write_report(config.name, stage.stages, evaluation, artifacts.root, smoke=smoke)
     artifacts.set_alias(f"{config.name}/report", run_report)
     location = publish_report(config.name, artifacts, run_report, smoke=smoke)
+    results = read_evaluation(artifacts.open(evaluation))
     record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
-                                              steps={step: s["artifact"] for step, s in stage.stages.items()}))
+                                              steps={step: s["artifact"] for step, s in stage.stages.items()},
+                                              labels=results["labels"]))
     artifacts.set_alias(f"{config.name}/latest", record)
-    metrics = read_evaluation(artifacts.open(evaluation))["models"]
-    return {"stages": stage.stages, "metrics": metrics, "store": artifacts.root, "run": record.digest,
+    return {"workload": config.name, "preset": workload, "labels": results["labels"], "flow_run": flow_run,
+            "stages": stage.stages, "metrics": results["models"], "store": artifacts.root, "run": record.digest,
             "report": {"artifact": run_report.digest, "location": location}}
 
 

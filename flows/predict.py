@@ -2,6 +2,7 @@
 
     python flows/predict.py "i feel wonderful today" "this is so unfair"
     python flows/predict.py --model sst2/latest --file reviews.txt
+    python flows/predict.py --name reviews "great value, arrived late"   # = --model reviews/latest
     echo "what a lovely surprise" | python flows/predict.py --model 3ee42f85f2fb
 
 --model is an alias every successful run updates (`<workload>/latest`, a run
@@ -153,22 +154,31 @@ def predict(store: ArtifactStore, model: str, texts: list[str]) -> list[dict]:
     ]
 
 
-def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    parser = argparse.ArgumentParser(prog="python flows/predict.py", description=__doc__.split("\n\n")[0],
+DEFAULT_WORKLOAD = "emotion"
+
+
+def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+         prog: str = "python flows/predict.py") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
-    parser.add_argument("--model", default="emotion/latest", help="alias, digest or digest prefix of a run record or of a run's INT8 model")
+    parser.add_argument("--model", help="alias, digest or digest prefix of a run record or of a run's INT8 model "
+                        f"(default: <name>/latest, i.e. {DEFAULT_WORKLOAD}/latest)")
+    parser.add_argument("--name", help=f"the workload whose latest run to use, as --model NAME/latest (default: {DEFAULT_WORKLOAD})")
     parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
     parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
                         help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
     args = parser.parse_args(argv)
     try:
+        if args.model and args.name:
+            raise DistilleryError(f"give --model or --name, not both (--name {args.name} is --model {args.name}/latest)")
+        model = args.model or f"{args.name or DEFAULT_WORKLOAD}/latest"
         items = read_texts(args.texts, args.file, stdin)
         store = ArtifactStore(args.store)
         if store.is_local and not Path(store.path, "objects").is_dir():
             raise DistilleryError(f"no artifact store at {store.root}: run a workload first "
                                   f"(python flows/emotion.py) or pass --store / DISTILLERY_STORE")
-        results = predict(store, args.model, [text for _, text in items])
+        results = predict(store, model, [text for _, text in items])
     except (DistilleryError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

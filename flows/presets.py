@@ -1,4 +1,11 @@
-"""Workload presets: the only thing that differs between the emotion and SST-2 flows."""
+"""Workload presets: the only thing that differs between the emotion and SST-2 flows.
+
+A workload is a name and a preset. `emotion` and `sst2` fix their data source and
+label set; `generic` fixes neither (the label set is read off the training split),
+and its runs need a name of their own (`--name reviews`). The name is what the store
+and Prefect know a workload by (aliases, report, run name, tags); a preset's own name
+belongs to that preset, so a run of other data never moves its aliases.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from flows.config import SECTIONS, PipelineConfig
+from flows.config import SECTIONS, PipelineConfig, check_workload_name
 from tasks.errors import DistilleryError
 from tasks.precision import resolve_device, resolve_precision
 
@@ -44,6 +51,18 @@ def sst2() -> PipelineConfig:
     })
 
 
+GENERIC = "generic"
+NO_SOURCE = ""  # the generic preset's data source: --data must give one
+
+
+def generic() -> PipelineConfig:
+    """Any labelled text data set: the emotion preset's models and hyper-parameters, no
+    data source and no label names (they are read off the training split, sorted)."""
+    base = emotion()
+    return base.model_validate({**base.model_dump(), "name": GENERIC,
+                                "data": {"source": NO_SOURCE, "label_names": None}})
+
+
 def smoke_sized(full: PipelineConfig) -> PipelineConfig:
     """The same DAG on a small slice with tiny models: minutes, not hours.
 
@@ -62,10 +81,31 @@ def smoke_sized(full: PipelineConfig) -> PipelineConfig:
     })
 
 
-Workload = Literal["emotion", "sst2"]
-PRESETS = {"emotion": emotion, "sst2": sst2}
+Workload = Literal["emotion", "sst2", "generic"]  # a preset's name; the flow's `workload` parameter
+PRESETS = {"emotion": emotion, "sst2": sst2, GENERIC: generic}
 
 Overrides = dict[str, dict[str, Any]]
+
+
+def workload_name(preset: str, name: str | None) -> str:
+    """The name a run of `preset` goes by: `name`, checked, else the preset's own.
+
+    Refused: a name that is no valid alias, the generic preset without a name, and a
+    preset's name taken by another preset (it would move that preset's aliases).
+    """
+    if name is None or name == "":
+        if preset == GENERIC:
+            raise DistilleryError("the generic preset needs a workload name: pass --name NAME (e.g. --name reviews), "
+                                  "which names its store aliases NAME/latest and NAME/report")
+        return preset
+    check_workload_name(name)
+    if name in PRESETS and name != preset:
+        raise DistilleryError(
+            f"workload name {name!r} is the {name} preset's: a run of the {preset} preset under it would move "
+            f"{name}/latest and {name}/report, which predict, status and the benchmarks read as the {name} "
+            f"workload, to other data. Pick a name of its own (e.g. --name my-{name}), or run the {name} preset "
+            f"itself with --preset {name}")
+    return name
 
 
 def build_config(
@@ -74,16 +114,21 @@ def build_config(
     smoke: bool = False,
     overrides: Overrides | None = None,
     describe: Any = None,
+    name: str | None = None,
 ) -> PipelineConfig:
-    """The preset, made smoke-sized if asked, with the data source and overrides applied.
+    """The preset, made smoke-sized if asked, with the data source, overrides and workload name applied.
 
     `describe(section, field)` names a parameter in error messages (the CLI passes its
     flag names); every problem is reported at once, as a DistilleryError.
     """
     base = smoke_sized(preset) if smoke else preset
     merged = base.model_dump()
+    merged["name"] = workload_name(preset.name, name)
     if data:
         merged["data"]["source"] = data
+    if merged["data"]["source"] == NO_SOURCE:
+        raise DistilleryError(f"the {preset.name} preset has no data source: pass --data PATH (or DISTILLERY_DATA=PATH), "
+                              f"a folder with train and test files (.csv, .tsv, .jsonl, .parquet, .txt), or a Hub id")
     for section, fields in (overrides or {}).items():
         if section not in SECTIONS or not isinstance(fields, dict):
             raise DistilleryError(f"unknown configuration section {section!r}: use one of {', '.join(SECTIONS)}")

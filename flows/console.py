@@ -1,0 +1,151 @@
+"""The `distillery` command: one entry point, a verb per job, each calling what exists.
+
+    distillery run --name reviews --data ./my-data --data-text-column body --data-label-column stars
+    distillery run --preset emotion --data ../shared/data/emotion
+    distillery status --name reviews --data ./my-data --student-seed 7   # what that run would recompute
+    distillery predict --name reviews "arrived late, works fine"
+    distillery report --name reviews [--open]
+    distillery list | verify | gc | explain                                 # the store (python -m artifacts)
+
+Every verb has --help. The verbs are thin: `run` and `status` parse the workload's
+flags with flows/cli.py, `status` and `explain` walk the DAG with flows/explain.py,
+`predict` is flows/predict.py, `list`, `verify`, `gc` and `explain` are the cache
+command (artifacts/__main__.py). The older entry points (`python flows/emotion.py`,
+`python -m artifacts ...`, `python flows/predict.py`) run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Callable
+
+from tasks.errors import DistilleryError
+
+PROG = "distillery"
+EXIT_BAD_INPUT = 2
+EXIT_NOT_OPENED = 1
+Verb = Callable[[list[str], str], int]  # (arguments after the verb, prog) -> exit status
+
+
+def run(argv: list[str], prog: str) -> int:
+    from flows.cli import run_command
+
+    return run_command(argv, prog=prog)
+
+
+STATUS_DESCRIPTION = (
+    "What `distillery run` with these same flags would do, step by step, without running anything: cached "
+    "(an earlier run, of any workload in the store, made this step's artifact from the same inputs), or would "
+    "run, with what changed since the step's artifact in the workload's latest run (a parameter, code, a library "
+    "version, a data file, an upstream artifact).")
+
+
+def status(argv: list[str], prog: str) -> int:
+    from flows.cli import bad_input, quiet_defaults, parse_request
+
+    quiet_defaults()
+    try:
+        request, _ = parse_request(argv, prog=prog, description=STATUS_DESCRIPTION, summary=False)
+        request.config()  # every bad input refused here, naming the flag, before the DAG is walked
+        from artifacts.store import ArtifactStore
+        from flows.explain import step_statuses
+
+        steps = step_statuses(ArtifactStore(request.store), request.preset, request.data, request.smoke,
+                              request.overrides, request.name)
+    except DistilleryError as exc:
+        return bad_input(str(exc))
+    name = request.name or request.preset
+    print(f"workload {name} (preset {request.preset}), store {request.store}")
+    for step in steps:
+        print(f"  {step.step:<18} {'cached' if step.cached else 'would run':<10} {step.detail}")
+    rerun = [step.step for step in steps if not step.cached]
+    print(f"{len(steps) - len(rerun)} of {len(steps)} steps cached" +
+          (f"; {len(rerun)} would run: {', '.join(rerun)}" if rerun else "; nothing to recompute"))
+    return 0
+
+
+def predict(argv: list[str], prog: str) -> int:
+    from flows.predict import main
+
+    return main(argv, stdin=sys.stdin, stdout=sys.stdout, prog=prog)  # the streams of now, not of import time
+
+
+def store_command(command: str) -> Verb:
+    def verb(argv: list[str], prog: str) -> int:
+        from artifacts.__main__ import command_main
+
+        return command_main(command, argv, prog)
+
+    return verb
+
+
+def report(argv: list[str], prog: str) -> int:
+    from artifacts.store import DEFAULT_STORE, ArtifactStore, StoreError
+
+    parser = argparse.ArgumentParser(prog=prog, description="Print where the latest report of a workload is "
+                                     "(report.md and its plots, alias NAME/report); --open opens it.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--name", default="emotion", help="the workload's name")
+    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
+                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    parser.add_argument("--open", action="store_true", help="open report.md with the desktop's viewer (the browser)")
+    args = parser.parse_args(argv)
+    store = ArtifactStore(args.store)
+    try:
+        folder = store.open(store.resolve_alias(f"{args.name}/report"))  # a remote store's is fetched to the local cache
+    except StoreError as exc:
+        known = sorted(alias.rsplit("/", 1)[0] for alias in store.aliases() if alias.endswith("/report"))
+        print(f"error: no report for workload {args.name!r} in {store.root} ({exc}); workloads with a report: "
+              f"{', '.join(known) or 'none yet'}. Run it first, e.g. `distillery run --name {args.name} --data PATH`",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path = Path(folder) / "report.md"
+    print(path)
+    if args.open and not webbrowser.open(path.resolve().as_uri()):
+        print(f"error: found no browser or viewer to open {path}; open it yourself", file=sys.stderr)
+        return EXIT_NOT_OPENED
+    return 0
+
+
+# verb -> (what runs it, one line for `distillery --help`)
+VERBS: dict[str, tuple[Verb, str]] = {
+    "run": (run, "run a workload: --preset emotion|sst2|generic, --name NAME, --data PATH, any stage flag"),
+    "status": (status, "per step, whether `run` with the same flags would be cached or recompute, and why"),
+    "predict": (predict, "classify texts with a workload's latest INT8 model"),
+    "report": (report, "print the path of a workload's latest report; --open opens it"),
+    "explain": (store_command("explain"), "why each stage would (not) rerun, as `python -m artifacts explain`"),
+    "list": (store_command("list"), "list the store's artifacts, sizes and what references each"),
+    "verify": (store_command("verify"), "check every artifact's checksums; --repair deletes broken ones"),
+    "gc": (store_command("gc"), "list (or --delete) what nothing references"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, VERBS))
+    verbs = "\n".join(f"  {name:<{width}}  {help_text}" for name, (_, help_text) in VERBS.items())
+    return (f"usage: {PROG} VERB [OPTIONS]   ({PROG} VERB --help for a verb's options)\n\n"
+            f"Distil a labelled text data set into a small, fast INT8 classifier; every stage cached by its inputs.\n\n"
+            f"verbs:\n{verbs}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else EXIT_BAD_INPUT
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"{PROG}: error: unknown verb {verb!r}: use one of {', '.join(VERBS)}\n\n{usage()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return VERBS[verb][0](rest, f"{PROG} {verb}")
+    except SystemExit as exc:  # argparse: --help (0) or a bad flag (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
