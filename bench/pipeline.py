@@ -2,6 +2,7 @@
 
     python bench/pipeline.py --data ../shared/data/emotion            # smoke and full emotion
     python bench/pipeline.py --data ../shared/data/emotion --smoke-only
+    python bench/pipeline.py --data ../shared/data/emotion --only laptop --store .distillery
 
 For each preset (smoke, then the full emotion workload), in one process:
   (a) a cold flow run into an empty store, the all-cached rerun, and a rerun after
@@ -16,9 +17,12 @@ For each preset (smoke, then the full emotion workload), in one process:
   (c) once, on the full data: teacher training throughput with length-grouped
       dynamic padding, random-batch dynamic padding, and padding every batch to 128
       tokens (the seed article's padding="max_length").
+  (d) `--only laptop --store ROOT`: the laptop command's all-cached rerun on a store
+      that already holds a full run (the real emotion store), against what that run's
+      artifacts cost to compute cold (their manifests' build seconds, summed).
 Prints ratios and writes JSON (--out; by default bench/results/pipeline.json, or
-pipeline-smoke.json with --smoke-only and pipeline-alternated.json with --only
-alternated, so a partial measurement never replaces the full one).
+pipeline-smoke.json with --smoke-only and pipeline-<only>.json with --only, so a
+partial measurement never replaces the full one).
 """
 
 from __future__ import annotations
@@ -199,7 +203,32 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     return figures
 
 
+def laptop_on_store(workload: str, data: str, store_root: str, workdir: Path, repeats: int = 3) -> dict:
+    """The laptop command, all cached, on an existing store; the cold cost from the latest run's manifests."""
+    from artifacts.runs import latest_run
+    from artifacts.store import ArtifactStore
+
+    store = ArtifactStore(store_root)
+    home = workdir / "prefect-home-laptop"
+    print(f"[laptop] {workload} on {store_root}: once untimed (it creates its Prefect database), then {repeats} timed ...", flush=True)
+    cli_run(workload, data, False, store_root, home)
+    seconds = [round(cli_run(workload, data, False, store_root, home), 2) for _ in range(repeats)]
+    record = latest_run(store, workload)
+    cold = {step: store.manifest(digest)["timings"]["seconds"] for step, digest in record.steps.items()}
+    best = min(seconds)
+    return {"workload": workload, "store": store_root, "command_seconds": seconds, "best_seconds": best,
+            "cold_compute_seconds": round(sum(cold.values()), 1), "cold_compute_by_step": cold,
+            "best_over_cold": round(best / sum(cold.values()), 5)}
+
+
 def print_tables(results: dict) -> None:
+    if "laptop" in results:
+        r = results["laptop"]
+        print("\n" + machine_line(results["machine"]))
+        print(f"laptop command, all cached, {r['workload']} on {r['store']}: {', '.join(f'{s:.1f}' for s in r['command_seconds'])} s "
+              f"(best {r['best_seconds']:.1f} s); the run's artifacts took {r['cold_compute_seconds']:.0f} s to compute "
+              f"cold: {100 * r['best_over_cold']:.2f}% of it")
+        return
     print("\n" + machine_line(results["machine"]))
     print(f"Temporary Prefect server start (once, outside the runs): {results['server_start_seconds']:.1f} s\n")
     print(f"{'preset':<7} {'cold flow':>10} {'plain calls':>12} {'overhead':>9} {'cached flow':>12} {'cached/cold':>12} "
@@ -227,7 +256,8 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "emotion"), help="emotion data folder")
     parser.add_argument("--smoke-only", action="store_true", help="only the smoke preset (about 2 minutes)")
     parser.add_argument("--overhead-pairs", type=int, default=2, help="alternated plain/flow pairs on the full data (0: skip)")
-    parser.add_argument("--only", choices=["alternated"], help="run only this measurement")
+    parser.add_argument("--only", choices=["alternated", "laptop"], help="run only this measurement")
+    parser.add_argument("--store", help="with --only laptop: a store holding a full run of the workload")
     parser.add_argument("--throughput-steps", type=int, default=40, help="teacher training steps per padding scheme")
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/pipeline[-smoke|-alternated].json)")
     parser.add_argument("--workdir", type=Path, help="where the benchmark's stores go (default: a temporary folder)")
@@ -246,6 +276,16 @@ def main() -> int:
     def warm_up() -> None:
         return None
 
+    if args.only == "laptop":
+        if not args.store:
+            parser.error("--only laptop needs --store: a store that holds a full emotion run")
+        results["laptop"] = laptop_on_store("emotion", args.data, args.store, workdir)
+        print_tables(results)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.out}")
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     results["server_start_seconds"] = round(timed(warm_up)[0], 2)
     presets = [("smoke", True)] + ([] if args.smoke_only else [("full", False)])
     for label, smoke in presets if not args.only else []:

@@ -13,17 +13,19 @@ what that run would recompute).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel
 
 from flows.config import SECTIONS, PipelineConfig
+from flows.laptop_server import LaptopServer, quiet_defaults
 from flows.presets import GENERIC, PRESETS, Overrides, build_config
 from tasks.errors import DistilleryError
 
@@ -176,17 +178,22 @@ def bad_input(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def quiet_defaults() -> None:
-    """Embedded defaults for a laptop run: a temporary Prefect server, no telemetry, calm logs."""
-    for name, value in {
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # 20 s times out on a busy machine
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(name, value)
+@contextlib.contextmanager
+def flow_server(server: LaptopServer | None) -> Iterator[None]:
+    """The flow's API: the booted temporary server, unless Prefect has a server configured
+    (a profile's PREFECT_API_URL, which only Prefect's settings know): then that one, as before."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, PREFECT_UI_URL, temporary_settings
+
+    if server is None or PREFECT_API_URL.value():
+        if server is not None:
+            server.stop()
+        yield
+        return
+    server.wait(timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    print(f"Temporary Prefect server on http://127.0.0.1:{server.port} (stopped when the run ends)", file=sys.stderr)
+    # No UI on a temporary server: an empty UI URL keeps Prefect from printing a dead "View at" link.
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_UI_URL: ""}):
+        yield
 
 
 def format_table(summary: dict) -> str:
@@ -205,14 +212,16 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(workload: str, preset: Callable[[], PipelineConfig] | None = None, argv: list[str] | None = None) -> int:
+def main(workload: str, preset: Callable[[], PipelineConfig] | None = None, argv: list[str] | None = None,
+         server: LaptopServer | None = None) -> int:
     """`python flows/<workload>.py ARGS`: a run of that preset.
 
     `preset`, when given, must be the registered one: the flow runs presets by name.
+    `server`: the temporary Prefect server the entry point booted (flows/laptop_server.py).
     """
     if preset is not None and preset is not PRESETS.get(workload):
         raise ValueError(f"preset {preset!r} is not the registered preset {workload!r} (flows/presets.py PRESETS)")
-    return run_command(argv, preset=workload)
+    return run_command(argv, preset=workload, server=server)
 
 
 RUN_DESCRIPTION = (
@@ -222,10 +231,12 @@ RUN_DESCRIPTION = (
     "its inputs, so a rerun recomputes only what changed. --help after --preset shows that preset's values.")
 
 
-def run_command(argv: list[str] | None, preset: str | None = None, prog: str | None = None) -> int:
+def run_command(argv: list[str] | None, preset: str | None = None, prog: str | None = None,
+                server: LaptopServer | None = None) -> int:
     """Check every input, then run the flow and print its table; exit status 2 on bad input.
 
-    preset None: the console's `run`, where --preset chooses it.
+    preset None: the console's `run`, where --preset chooses it. `server`: a temporary
+    server booted ahead (it stops itself when the process exits).
     """
     quiet_defaults()
     try:
@@ -234,7 +245,8 @@ def run_command(argv: list[str] | None, preset: str | None = None, prog: str | N
         from flows.pipeline import distillery, preflight  # imports Prefect: after the cheap checks
 
         preflight(config)
-        summary = distillery(**request.flow_parameters())
+        with flow_server(server):
+            summary = distillery(**request.flow_parameters())
     except DistilleryError as exc:
         return bad_input(str(exc))
     print(format_table(summary))

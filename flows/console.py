@@ -32,9 +32,12 @@ Verb = Callable[[list[str], str], int]  # (arguments after the verb, prog) -> ex
 
 
 def run(argv: list[str], prog: str) -> int:
+    from flows.laptop_server import start_if_wanted
+
+    server = start_if_wanted(argv)  # boots while the pipeline is imported and checked
     from flows.cli import run_command
 
-    return run_command(argv, prog=prog)
+    return run_command(argv, prog=prog, server=server)
 
 
 STATUS_DESCRIPTION = (

@@ -7,8 +7,11 @@
 
 import sys
 
-from flows.cli import main
-from flows.presets import emotion
+from flows.laptop_server import start_if_wanted
 
 if __name__ == "__main__":
-    sys.exit(main("emotion", emotion))
+    server = start_if_wanted(sys.argv[1:])  # boots while the pipeline below is imported and checked
+    from flows.cli import main
+    from flows.presets import emotion
+
+    sys.exit(main("emotion", emotion, server=server))

@@ -7,8 +7,11 @@
 
 import sys
 
-from flows.cli import main
-from flows.presets import sst2
+from flows.laptop_server import start_if_wanted
 
 if __name__ == "__main__":
-    sys.exit(main("sst2", sst2))
+    server = start_if_wanted(sys.argv[1:])  # boots while the pipeline below is imported and checked
+    from flows.cli import main
+    from flows.presets import sst2
+
+    sys.exit(main("sst2", sst2, server=server))

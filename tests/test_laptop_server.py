@@ -1,0 +1,36 @@
+"""The laptop command's temporary Prefect server, booted before the heavy imports."""
+
+from flows.cli import flow_server
+from flows.laptop_server import LaptopServer, start_if_wanted
+from conftest import run_cli, store_copy
+
+
+def test_no_server_for_help_or_when_a_server_is_configured(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert start_if_wanted(["--help"]) is None
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert start_if_wanted(["--smoke"]) is None
+
+
+def test_a_server_configured_in_prefect_settings_wins_and_the_booted_one_stops(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    server = LaptopServer.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4999/api"}):  # as a profile would
+            with flow_server(server):
+                assert PREFECT_API_URL.value() == "http://127.0.0.1:4999/api"
+            assert server.process.poll() is not None  # stopped, unused
+    finally:
+        server.stop()
+
+
+def test_the_booted_server_serves_the_flow_and_outlives_its_log_flush(cold, tmp_path):
+    _, args, first = cold
+    assert "Temporary Prefect server on http://127.0.0.1:" in first.output
+    rerun = run_cli([*args, "--store", str(store_copy(cold, tmp_path))], tmp_path)
+    assert rerun.code == 0 and rerun.computed() == set(), rerun.output[-3000:]
+    # Stopped before Prefect's workers drained, the server leaves them retrying for a minute.
+    assert "Error logging to API" not in rerun.output and "All connection attempts failed" not in rerun.output
+    assert "View at" not in rerun.output  # no UI on a temporary server: no dead link
