@@ -41,6 +41,20 @@ def _free_port() -> int:
     raise RuntimeError(f"no free port for a temporary Prefect server in {PORTS.start}-{PORTS.stop - 1}")
 
 
+def _die_with_parent() -> None:
+    """In the server process: SIGTERM when the command dies, however it dies.
+
+    atexit does not run on SIGTERM or SIGKILL, and a killed laptop run left its
+    temporary server running (Prefect's own server has the same gap).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LaptopServer:
     def __init__(self, port: int, process: subprocess.Popen):
         self.port = port
@@ -60,6 +74,7 @@ class LaptopServer:
              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, **SERVER_ENV},
+            preexec_fn=_die_with_parent,
         )
         server = cls(port, process)
         # At exit, not when the flow returns: Prefect's log and event workers drain at

@@ -34,3 +34,31 @@ def test_the_booted_server_serves_the_flow_and_outlives_its_log_flush(cold, tmp_
     # Stopped before Prefect's workers drained, the server leaves them retrying for a minute.
     assert "Error logging to API" not in rerun.output and "All connection attempts failed" not in rerun.output
     assert "View at" not in rerun.output  # no UI on a temporary server: no dead link
+
+
+def test_the_server_dies_with_the_command_however_it_dies(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import OFFLINE, REPO
+
+    # A command that boots the server and then is killed outright (no atexit, no finally).
+    script = "import sys, time; from flows.laptop_server import start_if_wanted; s = start_if_wanted([]); print(s.process.pid, flush=True); time.sleep(600)"
+    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    command = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    server_pid = int(command.stdout.readline())
+    command.send_signal(signal.SIGKILL)
+    command.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(server_pid, signal.SIGKILL)
+    raise AssertionError(f"the temporary server {server_pid} outlived its killed command")
