@@ -245,6 +245,13 @@ def run_command(argv: list[str] | None, preset: str | None = None, prog: str | N
         from flows.pipeline import distillery, preflight  # imports Prefect: after the cheap checks
 
         preflight(config)
+    except BaseException as exc:
+        if server is not None:
+            server.stop()  # refused before the flow: nothing was sent to it, and no boot is left running
+        if isinstance(exc, DistilleryError):
+            return bad_input(str(exc))
+        raise
+    try:
         with flow_server(server):
             summary = distillery(**request.flow_parameters())
     except DistilleryError as exc:

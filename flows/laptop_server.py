@@ -129,6 +129,9 @@ def start_if_wanted(argv: list[str]) -> LaptopServer | None:
     quiet_defaults()  # before the server starts: it reads them too (no telemetry, its start-up timeout)
     if os.environ.get("PREFECT_API_URL") or {"-h", "--help"} & set(argv):
         return None
+    settings = sys.modules.get("prefect.settings")  # already imported (a caller in-process): ask it, it is free
+    if settings is not None and settings.PREFECT_API_URL.value():
+        return None
     if os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() in ("0", "false"):
         return None
     return LaptopServer.start()
