@@ -22,6 +22,9 @@ INT8 initializers makes the file as small as the model it describes.
 
 The ONNX model is published only if it makes the same predictions as the PyTorch
 fake-quantized model on most validation sentences, batched with padding (`parity_agreement`).
+Its validation accuracy is recorded under the key `quantize` uses
+(`validation_accuracy_int8`), so PTQ and QAT are compared on the same split, measured
+the same way, without touching test.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pydantic import Field
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import ONNX, model_folder, onnx_file, open_tokens
+from tasks.measure import accuracy, predictions
 from tasks.batching import inference_batches, pad
 from tasks.models import load_trained
 from tasks.onnx_export import export
@@ -226,18 +230,22 @@ def build_qat(params: QATParams, inputs: Mapping[str, Path], out: Path, progress
     if agreement < params.parity_agreement:
         raise RuntimeError(f"the QDQ ONNX model agrees with the PyTorch QAT model on {agreement:.1%} of validation "
                            f"sentences, below {params.parity_agreement:.0%}; not publishing it")
+    int8_validation = accuracy(predictions(lambda ids, mask: onnx_logits(session, ids, mask), validation[0], pad_id),
+                               validation[1])
     import onnx
 
     ops = [node.op_type for node in onnx.load(str(onnx_file(out))).graph.node]
     history.update({
         "parity_agreement": round(agreement, 5),
+        "validation_accuracy_int8": round(int8_validation, 5),
         "quantize_linear_nodes": ops.count("QuantizeLinear"),
         "dequantize_linear_nodes": ops.count("DequantizeLinear"),
         "parity_max_abs_diff": round(float(np.abs(onnx_out - reference).max()), 6),
         "size_bytes": onnx_file(out).stat().st_size,
     })
     (out / "qat.json").write_text(json.dumps(history, indent=2))
-    progress.info(f"qat_student: ONNX agrees with PyTorch QAT on {agreement:.1%}, {history['size_bytes'] / 1e6:.1f} MB")
+    progress.info(f"qat_student: ONNX agrees with PyTorch QAT on {agreement:.1%}, INT8 validation accuracy "
+                  f"{int8_validation:.4f}, {history['size_bytes'] / 1e6:.1f} MB")
     return history
 
 

@@ -18,7 +18,7 @@ from tasks.formats import open_tokens, read_soft_labels
 from tasks.measure import classification_report, interleaved_latency_ms, predictions
 from tasks.models import load_classifier, load_config, load_trained, shrink
 from tasks.onnx_runtime import onnx_logits, onnx_session
-from tasks.predictors import torch_predictor
+from tasks.predictors import onnx_predictor, torch_predictor
 from tasks.sources import DataParams, load_splits
 from tasks.training import predict_logits
 
@@ -520,6 +520,11 @@ def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline,
     predicted = np.concatenate([onnx_logits(session, *(t.numpy() for t in pad(ids, [i], 0))) for i in range(len(ids))]).argmax(1)
     student = predictions(torch_predictor(store.open(refs["student"]))[0], ids, 0)
     assert (predicted == student).mean() > 0.6  # fine-tuned from the student, not from scratch
+
+    # The INT8 validation accuracy, under quantize's key, is the published ONNX model's.
+    val_ids, val_labels = split(store, refs["tokens"], "validation")
+    int8 = predictions(onnx_predictor(folder)[0], val_ids, 0)
+    assert metrics["validation_accuracy_int8"] == round(float((int8 == val_labels).mean()), 5)
 
 
 # --- a teacher of another make: tiny MPNet with its own vocabulary ------------------------
