@@ -123,6 +123,15 @@ def markdown(result: dict, where: dict) -> str:
         f"{result['auto_resolves_to']}.", ""])
 
 
+def write_result(result: dict, out: Path, render) -> None:
+    """The result as JSON and markdown side by side, with the machine it ran on."""
+    where = machine()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": where, **result}, indent=2))
+    out.with_suffix(".md").write_text(render(result, where))
+    print(render(result, where))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="emotion data folder")
@@ -134,21 +143,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/precision-<model>.json)")
     args = parser.parse_args()
     if args.accuracy:
-        result, where = accuracy_pair(args.data, args.model, args.store), machine()
-        out = args.out or RESULTS / f"precision-accuracy-{args.model}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": where, **result}, indent=2))
-        out.with_suffix(".md").write_text(accuracy_markdown(result, where))
-        print(accuracy_markdown(result, where))
+        write_result(accuracy_pair(args.data, args.model, args.store),
+                     args.out or RESULTS / f"precision-accuracy-{args.model}.json", accuracy_markdown)
         return 0
     with tempfile.TemporaryDirectory(prefix="precision-") as scratch:
         result = throughput(args.data, args.model, args.steps, args.rounds, Path(scratch))
-    where = machine()
-    out = args.out or RESULTS / f"precision-{args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": where, **result}, indent=2))
-    out.with_suffix(".md").write_text(markdown(result, where))
-    print(markdown(result, where))
+    write_result(result, args.out or RESULTS / f"precision-{args.model}.json", markdown)
     return 0
 
 

@@ -83,7 +83,7 @@ def find_run(store: ArtifactStore, name: str) -> RunRecord:
         except StoreError:
             known = ", ".join(store.aliases()) or "none yet"
             raise DistilleryError(f"no alias {name!r} in store {store.root} (aliases: {known}); run a workload "
-                                  f"first, e.g. `python flows/emotion.py`, or pass a model digest") from None
+                                  f"first, e.g. `distillery run --preset emotion`, or pass a model digest") from None
         try:
             manifest = store.manifest(ref)
         except FileNotFoundError:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
         store = ArtifactStore(args.store)
         if store.is_local and not Path(store.path, "objects").is_dir():
             raise DistilleryError(f"no artifact store at {store.root}: run a workload first "
-                                  f"(python flows/emotion.py) or pass --store / DISTILLERY_STORE")
+                                  f"(`distillery run --preset emotion`) or pass --store / DISTILLERY_STORE")
         results = predict(store, model, [text for _, text in items])
     except (DistilleryError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
