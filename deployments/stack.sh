@@ -79,16 +79,25 @@ if auth:
 urllib.request.urlopen(request, timeout=2)' "$1"
 }
 
-write_env() {
-  local redis_password
-  secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > /dev/null
-  redis_password=$(secret redis_password "${DISTILLERY_REDIS_PASSWORD:-}")
+write_server_env() {  # what every client needs: the server's address (the server alone: no store, locks or S3)
   umask 077
   cat > "$STACK/env" <<EOF
 export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
 export PREFECT_UI_URL=http://$PUBLIC_HOST:$PREFECT_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export DISTILLERY_PROJECT_DIR=$PROJECT
+EOF
+  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
+    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
+  fi
+}
+
+write_env() {  # the full stack: the server's settings, then the shared store, locks and S3
+  local redis_password
+  secret pg_password "${DISTILLERY_PG_PASSWORD:-}" > /dev/null
+  redis_password=$(secret redis_password "${DISTILLERY_REDIS_PASSWORD:-}")
+  write_server_env
+  cat >> "$STACK/env" <<EOF
 export DISTILLERY_STORE=s3://$BUCKET/store
 export DISTILLERY_LOCKS=redis://:$redis_password@$HOST:$REDIS_PORT/0
 export FSSPEC_S3_ENDPOINT_URL=${DISTILLERY_S3_ENDPOINT:-http://$HOST:$S3_PORT}
@@ -96,23 +105,7 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-$(secret s3_key)}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-$(secret s3_secret)}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 EOF
-  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
-    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
-  fi
   if [ -n "${DISTILLERY_DATA:-}" ]; then echo "export DISTILLERY_DATA=$DISTILLERY_DATA" >> "$STACK/env"; fi
-}
-
-write_server_env() {  # the server alone: clients need its address, and no store, locks or S3
-  umask 077
-  cat > "$STACK/env" <<EOF
-export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
-export PREFECT_UI_URL=http://$PUBLIC_HOST:$PREFECT_PORT
-export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-export DISTILLERY_PROJECT_DIR=$PROJECT
-EOF
-  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
-    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
-  fi
 }
 
 pg_home() {
@@ -200,17 +193,25 @@ start_worker() {
   log "$name polling pool $POOL from $dir, $threads thread(s) per flow run"
 }
 
-stop_pid() {  # an idle Prefect worker ignores the first SIGTERM; the second ends it
-  local name=$1 pid
-  running "$name" || { rm -f "$STACK/pids/$name.pid"; return; }
-  pid=$(cat "$STACK/pids/$name.pid")
-  for signal in TERM TERM KILL; do
-    kill -s "$signal" "$pid" 2>/dev/null || true
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null || break
+stop_pids() {  # stop_pids NAME...: together, so a round waits for the slowest, not for each in turn
+  # An idle Prefect worker ignores the first SIGTERM and ends at the second, so the
+  # first round waits 1 s, the second 5 s, then SIGKILL.
+  local name pids=() round signal ticks
+  for name in "$@"; do
+    running "$name" && pids+=("$(cat "$STACK/pids/$name.pid")")
   done
-  rm -f "$STACK/pids/$name.pid"
-  log "stopped $name ($pid)"
+  if [ ${#pids[@]} -gt 0 ]; then
+    for round in "TERM 4" "TERM 20" "KILL 20"; do
+      read -r signal ticks <<< "$round"
+      kill -s "$signal" "${pids[@]}" 2>/dev/null || true
+      for _ in $(seq "$ticks"); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.25; done
+      kill -0 "${pids[@]}" 2>/dev/null || break
+    done
+  fi
+  for name in "$@"; do
+    [ -e "$STACK/pids/$name.pid" ] && log "stopped $name ($(cat "$STACK/pids/$name.pid"))"
+    rm -f "$STACK/pids/$name.pid"
+  done
 }
 
 up() {
@@ -245,10 +246,11 @@ server_only() {
 }
 
 down() {
-  for pidfile in $(ls -t "$STACK"/pids/worker-*.pid 2>/dev/null); do stop_pid "$(basename "$pidfile" .pid)"; done
-  stop_pid server
-  stop_pid s3
-  stop_pid redis
+  local workers=()
+  for pidfile in "$STACK"/pids/worker-*.pid; do [ -e "$pidfile" ] && workers+=("$(basename "$pidfile" .pid)"); done
+  # Workers first: they report their runs' ends to the server.
+  [ ${#workers[@]} -eq 0 ] || stop_pids "${workers[@]}"
+  stop_pids server s3 redis
   local data; data="$(pg_home)/data"
   if [ -n "$PG_BIN" ] && [ -s "$data/postmaster.pid" ]; then
     as_db_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop > /dev/null && log "stopped postgres"
@@ -271,7 +273,7 @@ case "${1:-}" in
   down) down ;;
   purge) down; rm -rf "$(pg_home)" "$STACK" ;;
   status) status ;;
-  restart-server) set -a; source "$STACK/env"; set +a; stop_pid server; start_server ;;
+  restart-server) set -a; source "$STACK/env"; set +a; stop_pids server; start_server ;;
   env) cat "$STACK/env" ;;
   *) echo "usage: $0 up [WORKERS] | server | worker N | restart-server | down | purge | status | env" >&2; exit 2 ;;
 esac

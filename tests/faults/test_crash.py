@@ -71,7 +71,7 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_ends_identica
 
 
 def test_killed_pipeline_reruns_only_the_interrupted_stage_onwards(tmp_path, emotion_dir):
-    args = ["--smoke", "--data", str(emotion_dir), "--store", str(tmp_path / "store"), "--teacher-epochs", "12"]
+    args = ["--smoke", "--data", str(emotion_dir), "--store", str(tmp_path / "store"), "--teacher-epochs", "6"]
     env = {**os.environ, **OFFLINE, "DISTILLERY_CHECKPOINT_SECONDS": "1", "PREFECT_HOME": str(tmp_path / "home")}
     seen: list[str] = []
     victim = start([sys.executable, "flows/emotion.py", *args], env)

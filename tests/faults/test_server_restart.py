@@ -10,7 +10,7 @@ from teamstack import STACK, deployment_run, query
 
 def test_server_restart_during_a_run_loses_no_finished_work(stack):
     """The run finishes, or fails cleanly and a rerun picks up from the cache."""
-    params = ["smoke=true", "store=s3://distillery/restart-test", 'overrides={"teacher": {"epochs": 30}}']
+    params = ["smoke=true", "store=s3://distillery/restart-test", 'overrides={"teacher": {"epochs": 12}}']
     earlier = {r["id"] for r in query(stack, "emotion")}
     logs = [stack["dir"] / "logs" / f"worker-{i}.log" for i in (1, 2)]
     sizes = [log.stat().st_size for log in logs]
