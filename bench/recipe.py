@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     # The INT8 method, on the chosen student: compared on INT8 validation accuracy.
     "qat": (["--augment-copies", "2", "--student-epochs", "1.5", "--quantize-method", "qat"],
             "aug2's student, INT8 by quantization-aware fine-tuning (1 epoch, true labels) instead of post-training"),
+    "ptq-static": (["--augment-copies", "2", "--student-epochs", "1.5", "--quantize-approach", "static"],
+                   "aug2's student, INT8 by static post-training quantization (256 calibration sentences) instead of dynamic"),
 }
 
 
