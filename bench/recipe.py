@@ -1,7 +1,8 @@
 """The student recipe, chosen by measurement: variants of the workload run side by side.
 
     python bench/recipe.py --workload emotion --data ../shared/data/emotion
-    python bench/recipe.py --workload emotion --data ../shared/data/emotion --only kl-hard,aug4
+    python bench/recipe.py --workload emotion --data ../shared/data/emotion --only kl-hard,aug2
+    python bench/recipe.py --workload sst2 --data ../shared/data/sst2
 
 Each variant is the workload's CLI with a few flags changed, run on the same store,
 so the teacher, its soft labels and everything else a variant does not change come
@@ -33,8 +34,9 @@ from bench.machine import machine, machine_line  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
-# name -> (flags beyond the preset, what it tests). Flags are the workload CLI's own.
-VARIANTS: dict[str, tuple[list[str], str]] = {
+# workload -> name -> (flags beyond the preset, what it tests). Flags are the workload CLI's own.
+Variants = dict[str, tuple[list[str], str]]
+EMOTION: Variants = {
     # The emotion preset before this comparison; flags spelled out, so a rerun measures the same run.
     "base": (["--augment-copies", "0", "--student-epochs", "3"], "logits MSE, 3 layers [0,2,4], no augmentation, 3 epochs"),
     "kl-hard": (["--augment-copies", "0", "--student-epochs", "3", "--student-loss", "kl", "--student-temperature", "2", "--student-hard-label-weight", "0.5"],
@@ -49,6 +51,12 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "ptq-static": (["--augment-copies", "2", "--student-epochs", "1.5", "--quantize-approach", "static"],
                    "aug2's student, INT8 by static post-training quantization (256 calibration sentences) instead of dynamic"),
 }
+SST2: Variants = {
+    "preset": (["--augment-copies", "0", "--student-epochs", "2"], "the preset: logits MSE, 3 layers [0,2,4], no augmentation, 2 epochs"),
+    "aug2": (["--augment-copies", "2", "--student-epochs", "1"],
+             "2 augmented variants per phrase, teacher-labelled; 1 epoch over the 3x set"),
+}
+VARIANTS: dict[str, Variants] = {"emotion": EMOTION, "sst2": SST2}
 
 
 def run_variant(workload: str, data: str, store: str, flags: list[str]) -> dict:
@@ -101,10 +109,11 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     parser.add_argument("--extra", default="", help="flags added to every variant (e.g. a chosen recipe), space-separated")
     args = parser.parse_args()
-    names = args.only.split(",") if args.only else list(VARIANTS)
-    unknown = set(names) - set(VARIANTS)
+    variants = VARIANTS[args.workload]
+    names = args.only.split(",") if args.only else list(variants)
+    unknown = set(names) - set(variants)
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+        raise SystemExit(f"unknown {args.workload} variants {sorted(unknown)}: choose from {', '.join(variants)}")
     store = ArtifactStore(args.store)
     out = RESULTS / f"recipe-{args.workload}.json"
     previous = {r["variant"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
@@ -113,10 +122,10 @@ def main() -> None:
             int8 = store.manifest(read_run(store, ref_of(store, r["run"])).roles["student_int8"])
             r.update(validation_accuracy_int8=int8["metrics"]["validation_accuracy_int8"], int8_method=int8["stage"])
     for name in names:
-        flags = VARIANTS[name][0] + args.extra.split()
+        flags = variants[name][0] + args.extra.split()
         summary = run_variant(args.workload, args.data, args.store, flags)
-        previous[name] = row(name, flags, VARIANTS[name][1], summary, store)
-        rows = [{**previous[n], "what": VARIANTS[n][1]} for n in VARIANTS if n in previous]  # descriptions as they read now
+        previous[name] = row(name, flags, variants[name][1], summary, store)
+        rows = [{**previous[n], "what": variants[n][1]} for n in variants if n in previous]  # descriptions as they read now
         RESULTS.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": machine(), "workload": args.workload, "rows": rows}, indent=2))
         out.with_suffix(".md").write_text(table(rows, args.workload))
