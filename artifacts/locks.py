@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.types._datetime import now
 
-from artifacts.store import ArtifactStore
+from artifacts.store import ArtifactStore, StoreError
 
 LEASE_SECONDS = 60.0
 log = logging.getLogger("distillery.locks")
@@ -158,12 +158,28 @@ class RedisLeaseLockManager:
         return self.wait_for_lock(key, timeout)
 
 
+def lease_seconds_from_env() -> float:
+    """DISTILLERY_LOCK_LEASE_SECONDS, or the default: how long a dead holder's lock blocks others."""
+    raw = os.environ.get("DISTILLERY_LOCK_LEASE_SECONDS")
+    if raw is None:
+        return LEASE_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds >= 3:  # renewed every third of the lease: under 3 s, a busy holder could miss its renewal
+        raise StoreError(f"DISTILLERY_LOCK_LEASE_SECONDS={raw!r}: give a number of seconds, at least 3 "
+                         f"(default {LEASE_SECONDS:.0f})")
+    return seconds
+
+
 def lock_manager_for(store: ArtifactStore):
     """Redis when DISTILLERY_LOCKS names a server (needed when machines share a store);
     otherwise lock files, in the store when it is local."""
+    lease = lease_seconds_from_env()
     url = os.environ.get("DISTILLERY_LOCKS")
     if url:
-        return RedisLeaseLockManager(url)
+        return RedisLeaseLockManager(url, lease)
     if not store.is_local:
         log.warning("store %s is shared but DISTILLERY_LOCKS is unset: stage locks hold on this machine only", store.root)
-    return LeaseLockManager(store.locks_path)
+    return LeaseLockManager(store.locks_path, lease)

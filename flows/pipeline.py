@@ -38,11 +38,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import State
 
-from artifacts.locks import lock_manager_for
+from artifacts.locks import lease_seconds_from_env, lock_manager_for
 from artifacts.policy import StageCachePolicy
 from artifacts.runs import RunRecord, publish_run
 from artifacts.stage import Progress, Stage, run_stage
-from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore
+from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
 from flows.publish import artifact_key, publish_report, write_report
@@ -66,6 +66,10 @@ STEP_NAMES = ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tun
 def preflight(config: PipelineConfig) -> None:
     """Every check that needs no training, so bad input fails in seconds, storing nothing."""
     config.check()
+    try:
+        lease_seconds_from_env()
+    except StoreError as exc:
+        raise DistilleryError(str(exc)) from None
     load_config(config.teacher.model)
     load_tokenizer(config.teacher_tokenizer)
     if config.student.init == distil.FROM_TEACHER:

@@ -56,9 +56,9 @@ def guarded_store(cold, tmp_path_factory):
     return store_copy(cold, tmp_path_factory.mktemp("guarded"))
 
 
-def refuse(args, tmp_path, store, problem, fix):
+def refuse(args, tmp_path, store, problem, fix, env=None):
     before = tree_state(store)
-    run = run_cli([*args, "--store", str(store)], tmp_path, timeout=180)
+    run = run_cli([*args, "--store", str(store)], tmp_path, timeout=180, extra_env=env)
     assert run.code == 2, run.output[-2000:]
     message = run.output
     assert problem in message and fix in message, message[-2000:]
@@ -91,3 +91,9 @@ def test_bad_configuration_or_model_is_refused(case, tmp_path, emotion_dir, guar
     flags, problem, fix = FLAG_CASES[case]
     data = [] if "--data" in flags else ["--data", str(emotion_dir)]
     refuse(["--smoke", *data, *flags], tmp_path, guarded_store, problem, fix)
+
+
+@pytest.mark.parametrize("lease", ["soon", "1"])
+def test_bad_lock_lease_is_refused(lease, tmp_path, emotion_dir, guarded_store):
+    refuse(["--smoke", "--data", str(emotion_dir)], tmp_path, guarded_store,
+           f"DISTILLERY_LOCK_LEASE_SECONDS={lease!r}", "at least 3", env={"DISTILLERY_LOCK_LEASE_SECONDS": lease})

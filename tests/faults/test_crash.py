@@ -72,13 +72,15 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint_and_ends_identica
 
 def test_killed_pipeline_reruns_only_the_interrupted_stage_onwards(tmp_path, emotion_dir):
     args = ["--smoke", "--data", str(emotion_dir), "--store", str(tmp_path / "store"), "--teacher-epochs", "6"]
-    env = {**os.environ, **OFFLINE, "DISTILLERY_CHECKPOINT_SECONDS": "1", "PREFECT_HOME": str(tmp_path / "home")}
+    # A short lease: the killed run's lock on fine_tune_teacher lapses in seconds, not the default minute.
+    fast = {"DISTILLERY_CHECKPOINT_SECONDS": "1", "DISTILLERY_LOCK_LEASE_SECONDS": "4"}
+    env = {**os.environ, **OFFLINE, **fast, "PREFECT_HOME": str(tmp_path / "home")}
     seen: list[str] = []
     victim = start([sys.executable, "flows/emotion.py", *args], env)
     saved = int(read_until(victim, r"fine_tune_teacher: checkpoint saved at step (\d+)", seen, timeout=600).group(1))
     os.killpg(victim.pid, signal.SIGKILL)  # the whole run, temporary Prefect server included
     victim.wait()
-    run = run_cli(args, tmp_path, extra_env={"DISTILLERY_CHECKPOINT_SECONDS": "1"})
+    run = run_cli(args, tmp_path, extra_env=fast)
     assert run.code == 0, run.output[-3000:]
     assert run.states()["fetch_dataset"] == run.states()["tokenize_teacher"] == "cached"
     assert run.states()["fine_tune_teacher"] == "computed"
