@@ -79,6 +79,8 @@ class Progress:
         extras = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
         self.log(f"{label}: {done}/{total} ({100 * done / total:.0f}%) {extras} "
                  f"elapsed {elapsed:.0f}s eta {eta}".replace("  ", " "))
+        if finished:  # a later loop under the same label (one Progress over several stages) starts its own clock
+            self._started.pop(label, None)
 
     def _update_bar(self, label: str, done: int, total: int, stats: dict[str, float]) -> None:
         from tqdm import tqdm
