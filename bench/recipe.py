@@ -36,19 +36,20 @@ RESULTS = REPO / "bench" / "results"
 
 # workload -> name -> (flags beyond the preset, what it tests). Flags are the workload CLI's own.
 Variants = dict[str, tuple[list[str], str]]
+AUG2 = ["--augment-copies", "2", "--student-epochs", "1.5"]  # the emotion preset's student since this comparison
 EMOTION: Variants = {
     # The emotion preset before this comparison; flags spelled out, so a rerun measures the same run.
     "base": (["--augment-copies", "0", "--student-epochs", "3"], "logits MSE, 3 layers [0,2,4], no augmentation, 3 epochs"),
     "kl-hard": (["--augment-copies", "0", "--student-epochs", "3", "--student-loss", "kl", "--student-temperature", "2", "--student-hard-label-weight", "0.5"],
                 "KL at T=2 mixed half and half with cross-entropy on the true labels"),
-    "aug2": (["--augment-copies", "2", "--student-epochs", "1.5"],
+    "aug2": (AUG2,
              "2 augmented variants per tweet, teacher-labelled; 1.5 epochs over the 3x set"),
     "layers2": (["--augment-copies", "0", "--student-epochs", "3", "--student-layers", "0,5"], "2 layers [0,5] instead of 3, no augmentation"),
-    "seed2": (["--augment-copies", "2", "--student-epochs", "1.5", "--student-seed", "7"], "aug2 (the emotion preset since) with a second student seed"),
+    "seed2": ([*AUG2, "--student-seed", "7"], "aug2 (the emotion preset since) with a second student seed"),
     # The INT8 method, on the chosen student: compared on INT8 validation accuracy.
-    "qat": (["--augment-copies", "2", "--student-epochs", "1.5", "--quantize-method", "qat"],
+    "qat": ([*AUG2, "--quantize-method", "qat"],
             "aug2's student, INT8 by quantization-aware fine-tuning (1 epoch, true labels) instead of post-training"),
-    "ptq-static": (["--augment-copies", "2", "--student-epochs", "1.5", "--quantize-approach", "static"],
+    "ptq-static": ([*AUG2, "--quantize-approach", "static"],
                    "aug2's student, INT8 by static post-training quantization (256 calibration sentences) instead of dynamic"),
 }
 SST2: Variants = {
@@ -117,10 +118,6 @@ def main() -> None:
     store = ArtifactStore(args.store)
     out = RESULTS / f"recipe-{args.workload}.json"
     previous = {r["variant"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
-    for r in previous.values():  # rows measured before the INT8 validation column: their runs are in the store
-        if "validation_accuracy_int8" not in r:
-            int8 = store.manifest(read_run(store, ref_of(store, r["run"])).roles["student_int8"])
-            r.update(validation_accuracy_int8=int8["metrics"]["validation_accuracy_int8"], int8_method=int8["stage"])
     for name in names:
         flags = variants[name][0] + args.extra.split()
         summary = run_variant(args.workload, args.data, args.store, flags)
