@@ -13,21 +13,20 @@ machines sharing one store), chosen by `lock_manager_for`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
-
-from prefect.locking.filesystem import FileSystemLockManager
-from prefect.types._datetime import now
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from artifacts.store import ArtifactStore, StoreError
 
 LEASE_SECONDS = 60.0
+POLL_SECONDS = 0.1
 log = logging.getLogger("distillery.locks")
 
 
@@ -61,37 +60,125 @@ class _Renewals:
                 self.renew(key, holder)
 
 
-class LeaseLockManager(FileSystemLockManager):
-    """Lock files holding an expiry that the holder keeps pushing forward."""
+class _Leases:
+    """What Prefect's LockManager protocol asks beyond taking, releasing and reading a lease."""
 
-    def __init__(self, lock_files_directory: Path, lease_seconds: float = LEASE_SECONDS):
-        super().__init__(Path(lock_files_directory))
-        self.lease_seconds = lease_seconds
-        self._renewals = _Renewals(lease_seconds / 3, self._extend)
+    lease_seconds: float
 
-    def __deepcopy__(self, memo: dict) -> "LeaseLockManager":
-        return self  # a handle on shared lock files, not a value to copy
+    def __deepcopy__(self, memo: dict) -> "_Leases":
+        return self  # a handle on shared locks, not a value to copy
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None, hold_timeout: Optional[float] = None) -> bool:
-        acquired = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.lease_seconds)
-        if acquired:
-            self._renewals.start(key, holder)
-        return acquired
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                     hold_timeout: Optional[float] = None) -> bool:
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        lease = hold_timeout or self.lease_seconds
+        while not self._take(key, holder, lease):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        self._renewals.start(key, holder)
+        return True
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None,
+                            hold_timeout: Optional[float] = None) -> bool:
+        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
 
     def release_lock(self, key: str, holder: str) -> None:
         with self._renewals.mutex:
             self._renewals.stop(key, holder)
-            super().release_lock(key, holder)
+            if not self._give_back(key, holder):
+                raise ValueError(f"No lock held by {holder} for transaction with key {key}")
+
+    def wait_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
+        return self.wait_for_lock(key, timeout)
+
+
+class _Lease(NamedTuple):
+    holder: str
+    expires: float  # time.time(): the lock files are shared between processes
+
+
+class LeaseLockManager(_Leases):
+    """Lock files holding a holder and an expiry that the holder keeps pushing forward.
+
+    Not Prefect's FileSystemLockManager: it creates a lock file empty and fills it
+    after, so a run starting beside another could parse the empty file and fail
+    ("EOF while parsing", one of three identical concurrent runs); and two runs
+    waiting on a dead holder could each delete its expired lock, the second deleting
+    the lease the first had just taken. Here each take, renewal and release decides
+    under an flock on one guard file, and every write is a rename, so a reader sees
+    a whole lock file or none.
+    """
+
+    def __init__(self, lock_files_directory: Path, lease_seconds: float = LEASE_SECONDS):
+        self.directory = Path(lock_files_directory)
+        self.lease_seconds = lease_seconds
+        self._renewals = _Renewals(lease_seconds / 3, self._extend)
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".guard", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+            yield
+
+    def _read(self, key: str) -> Optional[_Lease]:
+        """The live lease on key, or None: absent, lapsed, or not one of ours (a file
+        left by Prefect's own lock manager in an older store is treated as lapsed)."""
+        try:
+            data = json.loads(self._path(key).read_text())
+            lease = _Lease(str(data["holder"]), float(data["expires"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+        return lease if lease.expires >= time.time() else None
+
+    def _write(self, key: str, holder: str, lease_seconds: float) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"holder": holder, "expires": time.time() + lease_seconds}))
+        os.replace(tmp, path)
+
+    def _take(self, key: str, holder: str, lease_seconds: float) -> bool:
+        with self._guard():
+            current = self._read(key)
+            if current is not None and current.holder != holder:
+                return False
+            self._write(key, holder, lease_seconds)
+            return True
 
     def _extend(self, key: str, holder: str) -> None:
-        path = self._lock_path_for_key(key)
-        expiration = now("UTC") + timedelta(seconds=self.lease_seconds)
-        tmp = path.with_suffix(f".{os.getpid()}.renew")
-        tmp.write_text(json.dumps({"holder": holder, "expiration": str(expiration)}))
-        os.replace(tmp, path)  # readers never see a half-written lock file
-        cached = self._locks.get(key)
-        if cached is not None:
-            cached["expiration"] = expiration
+        with self._guard():
+            current = self._read(key)
+            if current is not None and current.holder == holder:
+                self._write(key, holder, self.lease_seconds)
+
+    def _give_back(self, key: str, holder: str) -> bool:
+        with self._guard():
+            current = self._read(key)
+            if current is None or current.holder != holder:
+                return False
+            self._path(key).unlink()
+            return True
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        return self._read(key) is not None
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        current = self._read(key)
+        return current is not None and current.holder == holder
 
 
 # Compare-and-act scripts: only the holder may extend or release its lease.
@@ -99,7 +186,7 @@ _EXTEND = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexp
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
 
-class RedisLeaseLockManager:
+class RedisLeaseLockManager(_Leases):
     """Leases as Redis keys with a time-to-live: shared by every worker that reaches the server."""
 
     def __init__(self, url: str, lease_seconds: float = LEASE_SECONDS, prefix: str = "distillery:lock:"):
@@ -111,51 +198,24 @@ class RedisLeaseLockManager:
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self._renewals = _Renewals(lease_seconds / 3, self._extend)
 
-    def __deepcopy__(self, memo: dict) -> "RedisLeaseLockManager":
-        return self
-
     def _name(self, key: str) -> str:
         return self.prefix + key
+
+    def _take(self, key: str, holder: str, lease_seconds: float) -> bool:
+        return bool(self.client.set(self._name(key), holder, nx=True, px=int(lease_seconds * 1000))
+                    or self.is_lock_holder(key, holder))
 
     def _extend(self, key: str, holder: str) -> None:
         self.client.eval(_EXTEND, 1, self._name(key), holder, int(self.lease_seconds * 1000))
 
-    def acquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None, hold_timeout: Optional[float] = None) -> bool:
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        lease_ms = int((hold_timeout or self.lease_seconds) * 1000)
-        while True:
-            if self.client.set(self._name(key), holder, nx=True, px=lease_ms) or self.is_lock_holder(key, holder):
-                self._renewals.start(key, holder)
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-
-    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: Optional[float] = None, hold_timeout: Optional[float] = None) -> bool:
-        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
-
-    def release_lock(self, key: str, holder: str) -> None:
-        with self._renewals.mutex:
-            self._renewals.stop(key, holder)
-            if not self.client.eval(_RELEASE, 1, self._name(key), holder):
-                raise ValueError(f"No lock held by {holder} for transaction with key {key}")
+    def _give_back(self, key: str, holder: str) -> bool:
+        return bool(self.client.eval(_RELEASE, 1, self._name(key), holder))
 
     def is_locked(self, key: str, use_cache: bool = False) -> bool:
         return bool(self.client.exists(self._name(key)))
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         return self.client.get(self._name(key)) == holder
-
-    def wait_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
-        return self.wait_for_lock(key, timeout)
 
 
 def lease_seconds_from_env() -> float:

@@ -82,3 +82,47 @@ def test_only_the_holder_releases_and_a_released_lock_stays_released(where):
     manager.release_lock("k", "me")
     time.sleep(0.5)  # a late renewal must not bring it back
     assert not manager.is_locked("k")
+
+
+CONTENDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
+    where, me, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    manager = (RedisLeaseLockManager(where, lease_seconds=3) if where.startswith("redis://")
+               else LeaseLockManager(Path(where), lease_seconds=3))
+    for turn in range(8):
+        assert manager.acquire_lock("stage-key", me, acquire_timeout=60)
+        with log.open("a") as f:
+            f.write(f"in {me} {time.time()!r}\\n")
+        time.sleep(0.02)
+        with log.open("a") as f:
+            f.write(f"out {me} {time.time()!r}\\n")
+        manager.release_lock("stage-key", me)
+""")
+
+
+def test_contenders_for_one_key_hold_it_one_at_a_time(where, tmp_path):
+    """Six processes take and give back one key eight times each, starting together on the
+    lease of a killed holder: each gets every turn, and no two hold it at once. Prefect's own file
+    lock manager failed this: a contender read a lock file created but not yet written."""
+    dead = subprocess.Popen([sys.executable, "-c", HOLDER, where], stdout=subprocess.PIPE, text=True)
+    assert dead.stdout.readline().strip() == "held"
+    dead.kill()  # its lease lapses while the contenders wait: they race to take it over
+    dead.wait()
+    log = tmp_path / "turns.log"
+    contenders = [subprocess.Popen([sys.executable, "-c", CONTENDER, where, f"c{i}", str(log)], stderr=subprocess.PIPE, text=True)
+                  for i in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in contenders]
+    assert [p.returncode for p in contenders] == [0] * 6, errors
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert len(events) == 6 * 8 * 2
+    holder = None
+    for kind, who, _ in sorted(events, key=lambda e: float(e[2])):
+        if kind == "in":
+            assert holder is None, f"{who} took the key while {holder} held it"
+            holder = who
+        else:
+            assert holder == who
+            holder = None
+    assert not manager_for(where, 1).is_locked("stage-key")

@@ -19,7 +19,10 @@ def test_three_identical_concurrent_runs_compute_each_stage_once(tmp_path, emoti
         t.start()
     for t in threads:
         t.join()
-    assert all(r.code == 0 for r in runs), [r.output[-2000:] for r in runs]
+    failed = [r for r in runs if r.code != 0]
+    for r in failed:  # pytest shortens assertion messages; captured output is shown whole
+        print(f"exit {r.code}:\n{r.output[-6000:]}")
+    assert not failed, [r.code for r in failed]
     for stage in STEP_NAMES:
         states = sorted(r.states()[stage] for r in runs)
         assert states == ["cached", "cached", "computed"], (stage, states)
