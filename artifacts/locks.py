@@ -139,9 +139,7 @@ class LeaseLockManager(_Leases):
         try:
             data = json.loads(self._path(key).read_text())
             lease = _Lease(str(data["holder"]), float(data["expires"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
         return lease if lease.expires >= time.time() else None
 

@@ -12,13 +12,17 @@ import pytest
 
 from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
-    where = sys.argv[1]
-    manager = (RedisLeaseLockManager(where, lease_seconds=1.5) if where.startswith("redis://")
-               else LeaseLockManager(Path(where), lease_seconds=1.5))
+# The child scripts' lock manager, on a folder or a Redis URL (argv[1]) with lease LEASE.
+CHILD_MANAGER = """
+import sys, time
+from pathlib import Path
+from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
+where = sys.argv[1]
+manager = (RedisLeaseLockManager(where, lease_seconds=LEASE) if where.startswith("redis://")
+           else LeaseLockManager(Path(where), lease_seconds=LEASE))
+"""
+
+HOLDER = CHILD_MANAGER.replace("LEASE", "1.5") + textwrap.dedent("""
     assert manager.acquire_lock("stage-key", "worker-a")
     print("held", flush=True)
     time.sleep(600)
@@ -84,13 +88,8 @@ def test_only_the_holder_releases_and_a_released_lock_stays_released(where):
     assert not manager.is_locked("k")
 
 
-CONTENDER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from artifacts.locks import LeaseLockManager, RedisLeaseLockManager
-    where, me, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    manager = (RedisLeaseLockManager(where, lease_seconds=3) if where.startswith("redis://")
-               else LeaseLockManager(Path(where), lease_seconds=3))
+CONTENDER = CHILD_MANAGER.replace("LEASE", "3") + textwrap.dedent("""
+    me, log = sys.argv[2], Path(sys.argv[3])
     for turn in range(8):
         assert manager.acquire_lock("stage-key", me, acquire_timeout=60)
         with log.open("a") as f:
