@@ -57,6 +57,10 @@ SST2: Variants = {
     "base": (["--augment-copies", "0", "--student-epochs", "2"], "logits MSE, 3 layers [0,2,4], no augmentation, 2 epochs"),
     "aug2": (["--augment-copies", "2", "--student-epochs", "1"],
              "2 augmented variants per phrase, teacher-labelled; 1 epoch over the 3x set (the SST-2 preset since)"),
+    # Dev is whole sentences, train mostly their sub-phrases: variants of the full sentences only,
+    # uncut, so the student sees sentence-length text labelled by the teacher.
+    "sent6": (["--augment-copies", "6", "--augment-source", "sentences", "--augment-ngram-probability", "0", "--student-epochs", "1.5"],
+              "6 uncut variants of each full training sentence (none of the phrases), teacher-labelled; 1.5 epochs"),
 }
 VARIANTS: dict[str, Variants] = {"emotion": EMOTION, "sst2": SST2}
 

@@ -23,6 +23,13 @@ neighbours are mostly inflections and synonyms (happy: glad, pleased, delighted)
 sometimes antonyms (good: bad); that is harmless, because the teacher labels every
 variant afresh in `soft_labels`.
 
+`source: sentences` perturbs only the training texts no other training text contains
+(tasks/phrases.py). SST-2's train split is mostly sub-phrases of its sentences, so the
+variants of every phrase stay phrase-length, while dev is whole sentences; variants of
+the sentences alone (with `ngram_probability: 0`, so they keep their length) give the
+student sentence-length supervision. On data without sub-phrases (emotion's tweets)
+nearly every text is a sentence.
+
 Variants equal to a training sentence or to each other are dropped. `copies: 0`
 (the default) writes an empty set and loads nothing.
 """
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +47,7 @@ from artifacts.stage import Progress, Stage
 from tasks.encoding import MASK_PLACEHOLDER
 from tasks.formats import AUGMENTED, read_texts, write_augmented
 from tasks.models import packaged_minilm_path
+from tasks.phrases import full_sentences
 
 
 class AugmentParams(BaseModel):
@@ -51,6 +59,8 @@ class AugmentParams(BaseModel):
     ngram_probability: float = Field(0.25, ge=0, le=1, description="chance that a variant keeps only a random window of words")
     max_ngram: int = Field(5, ge=1, le=64, description="longest window of words n-gram sampling keeps")
     neighbours: int = Field(10, ge=1, le=100, description="nearest words (packaged MiniLM input embeddings, cosine) a word may become")
+    source: Literal["every", "sentences"] = Field(
+        "every", description="which training texts get variants: every one, or only the full sentences (no other training text contains them)")
     seed: int = Field(0, description="seed for the perturbations")
 
 
@@ -111,12 +121,13 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     used = sorted({w.lower() for text in train for w in text.split()})
     neighbours = nearest_words(words, table, used, params.neighbours)
 
+    perturbed = full_sentences(train) if params.source == "sentences" else range(len(train))
     rng = np.random.default_rng(params.seed)
     seen = set(train)
     variants: list[str] = []
     sources: list[int] = []
-    for index, text in enumerate(train):
-        split = text.split()
+    for index in perturbed:
+        split = train[index].split()
         for _ in range(params.copies):
             variant = " ".join(perturb(split, params, neighbours, rng))
             if variant and variant not in seen:
@@ -126,14 +137,17 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     write_augmented(out, variants, sources)
     stats = {
         "rows": len(variants),
-        "tried": len(train) * params.copies,
-        "duplicates_dropped": len(train) * params.copies - len(variants),
+        "tried": len(perturbed) * params.copies,
+        "duplicates_dropped": len(perturbed) * params.copies - len(variants),
         "mean_words": round(float(np.mean([len(v.split()) for v in variants])), 2) if variants else 0.0,
         "words_with_neighbours": len(neighbours),
     }
+    # augment.json keeps the keys it had before `source` existed: it is part of the artifact's
+    # content, and a new key would change every stored augmented set and so every soft-label
+    # set computed from one (an hour of teacher inference for SST-2). The manifest says more.
     (out / "augment.json").write_text(json.dumps(stats, indent=2))
-    progress.info(f"augment_data: {len(variants)} new variants of {len(train)} sentences")
-    return stats
+    progress.info(f"augment_data: {len(variants)} new variants of {len(perturbed)} of the {len(train)} training texts")
+    return {**stats, "perturbed_texts": len(perturbed)}
 
 
 STAGE = Stage(

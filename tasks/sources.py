@@ -20,7 +20,7 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 import fsspec
 import numpy as np
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import DistilleryError
 from tasks.formats import SPLITS
+from tasks.phrases import sentence_holdout
 
 SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
 FORMATS = (".txt", ".tsv", ".csv", ".jsonl", ".parquet")
@@ -47,6 +48,9 @@ class DataParams(BaseModel):
     label_column: str | None = Field(None, description="column holding the label (default: label, label_name or labels)")
     splits: dict[str, str] | None = Field(None, description="source split for each of train/validation/test: a file name or stem in a folder, a split name on the Hub; e.g. {'train': 'train', 'test': 'dev'} (default: found by name)")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="share of train held out, seeded, when there is no validation split")
+    validation_holdout: Literal["rows", "sentences"] = Field(
+        "rows", description="what is held out of train for validation: seeded rows, or, for phrase-tree data such as SST-2 "
+                            "(train holds every sub-phrase of its sentences), seeded whole sentences, the phrases only they contain left out")
     seed: int = Field(42, description="seed for the validation split and for slicing")
     max_train_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many training rows")
     max_eval_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many validation and test rows")
@@ -312,6 +316,22 @@ def _sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     return frame.iloc[keep].reset_index(drop=True)
 
 
+def hold_out_validation(train: pd.DataFrame, params: DataParams, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(validation, train) carved from a train split, by rows or by whole sentences."""
+    if params.validation_holdout == "sentences":
+        held, kept = sentence_holdout(train["text"].tolist(), params.validation_fraction, params.seed)
+        if len(kept) < 1 or len(held) < 1:
+            raise DistilleryError(f"train split of {where} has {len(train)} row(s) that make no sentence for validation and "
+                                  f"another for train; use --data-validation-holdout rows")
+    else:
+        order = np.random.default_rng(params.seed).permutation(len(train))
+        cut = max(1, int(round(len(train) * params.validation_fraction)))
+        if len(train) - cut < 1:
+            raise DistilleryError(f"train split of {params.source} has {len(train)} row(s): too few to hold out validation")
+        held, kept = np.sort(order[:cut]).tolist(), np.sort(order[cut:]).tolist()
+    return train.iloc[held].reset_index(drop=True), train.iloc[kept].reset_index(drop=True)
+
+
 def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Read, check and normalise every split. Raises DistilleryError on any bad input."""
     if is_hub_id(params.source):
@@ -331,13 +351,8 @@ def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]
     splits = {s: normalise_split(f, text_col[s], label_col[s], names, where[s]) for s, f in raw.items()}
     check_classes(splits["train"]["label"], names, inferred=not given, where=where["train"], column=label_col["train"])
     if "validation" not in splits:
-        train = splits["train"]
-        order = np.random.default_rng(params.seed).permutation(len(train))
-        cut = max(1, int(round(len(train) * params.validation_fraction)))
-        if len(train) - cut < 1:
-            raise DistilleryError(f"train split of {params.source} has {len(train)} row(s): too few to hold out validation")
-        splits["validation"] = train.iloc[np.sort(order[:cut])].reset_index(drop=True)
-        splits["train"] = train.iloc[np.sort(order[cut:])].reset_index(drop=True)
+        held, kept = hold_out_validation(splits["train"], params, where["train"])
+        splits["validation"], splits["train"] = held, kept
     splits["train"] = _sample(splits["train"], params.max_train_rows, params.seed)
     for split in ("validation", "test"):
         splits[split] = _sample(splits[split], params.max_eval_rows, params.seed)

@@ -47,6 +47,11 @@ def write_emotion_slice(source: Path, target: Path, rows: dict[str, int]) -> Pat
     return target
 
 
+def sst2_phrases() -> list[str]:
+    """Every real SST-2 train phrase, spaces normalised as fetch_dataset normalises them."""
+    return [" ".join(line.split("\t")[0].split()) for line in (DATA_ROOT / "sst2" / "train.tsv").read_text().splitlines()[1:]]
+
+
 @pytest.fixture
 def emotion_slice(tmp_path: Path, emotion_dir: Path) -> Path:
     return write_emotion_slice(emotion_dir, tmp_path / "emotion", {"train": 300, "val": 60, "test": 60})

@@ -2,13 +2,15 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
-from conftest import EMOTION_LABELS, tree_state, write_emotion_slice
+from conftest import DATA_ROOT, EMOTION_LABELS, sst2_phrases, tree_state, write_emotion_slice
 from tasks import fetch
+from tasks.phrases import full_sentences, sentence_holdout
 from tasks.sources import DataParams, load_splits
 from tasks.errors import DistilleryError
 
@@ -155,3 +157,52 @@ def test_csv_without_a_label_column_names_the_columns_found(tmp_path):
         (folder / f"{split}.csv").write_text("text,score\nhello,1\nbye,2\n")
     with pytest.raises(DistilleryError, match=r"no label column .*\['text', 'score'\].*--data-label-column"):
         load_splits(DataParams(source=str(folder)))
+
+
+# --- phrase-tree data (SST-2): sentences, and validation held out by sentence -------------
+
+def test_full_sentences_are_the_texts_no_other_text_contains(emotion_dir):
+    tree = ["a gorgeous , witty film", "gorgeous , witty", "witty", "film", "a dull film", "dull",
+            "witty film", "a gorgeous , witty film", "film festival"]
+    # "witty film" is inside the first sentence; the repeated sentence counts once; "film festival" stands alone
+    assert full_sentences(tree) == [0, 4, 8]
+    phrases = sst2_phrases()
+    kept = full_sentences(phrases)
+    assert 6000 < len(kept) < 8000  # SST-2's 67,349 train phrases come from about 6,900 sentences
+    assert np.median([len(phrases[k].split()) for k in kept]) >= 2 * np.median([len(p.split()) for p in phrases])
+    assert all(phrases[k] not in phrases[j] for k in kept[:50] for j in kept if j != k)
+    tweets = [line.rsplit(";", 1)[0] for line in (emotion_dir / "train.txt").read_text().splitlines()[1:501]]
+    assert len(full_sentences(tweets)) > 480  # tweets are not one another's sub-phrases
+
+
+def test_sentence_holdout_keeps_validation_sentences_and_their_own_phrases_out_of_train(tmp_path):
+    phrases = sst2_phrases()
+    held, kept = sentence_holdout(phrases, 0.1, seed=3)
+    sentences = full_sentences(phrases)
+    assert set(held) <= set(sentences) and abs(len(held) - 0.1 * len(sentences)) <= 1
+    assert not set(held) & set(kept)
+    train_text = {phrases[k] for k in kept}
+    for h in held[:40]:  # no held-out sentence and none of its phrases that no train sentence has
+        assert phrases[h] not in train_text
+    train_sentences = [phrases[k] for k in kept if k in set(sentences)]
+    joined = "\n".join(train_sentences)
+    assert all(phrases[k] in joined for k in kept[:300])  # every train row is inside a train sentence
+    assert len(kept) > 0.85 * len(phrases)  # shared phrases ("the film") stay in train
+    assert sentence_holdout(phrases, 0.1, seed=3) == (held, kept) and sentence_holdout(phrases, 0.1, seed=4)[0] != held
+
+    folder = tmp_path / "sst2"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join((DATA_ROOT / "sst2" / "train.tsv").read_text().splitlines()[1:]) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\nit 's fine \t1\nbad movie \t0\n")
+    p = DataParams(source=str(folder), splits={"train": "train", "test": "dev"}, label_names=["negative", "positive"],
+                   validation_holdout="sentences")
+    splits, _ = load_splits(p)
+    held, kept = sentence_holdout(phrases, 0.1, seed=42)
+    assert splits["validation"]["text"].tolist() == [phrases[h] for h in held]
+    assert splits["train"]["text"].tolist() == [phrases[k] for k in kept]
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "train.tsv").write_text("sentence\tlabel\na fine film\t1\nfine\t0\n")  # one sentence: nothing left to train on
+    (one / "dev.tsv").write_text("sentence\tlabel\nbad\t0\n")
+    with pytest.raises(DistilleryError, match="no sentence for validation and another for train; use --data-validation-holdout rows"):
+        load_splits(p.model_copy(update={"source": str(one)}))

@@ -10,7 +10,7 @@ import torch
 
 from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactStore
-from conftest import EMOTION_LABELS, write_emotion_slice
+from conftest import DATA_ROOT, EMOTION_LABELS, sst2_phrases, write_emotion_slice
 from tasks import augment, distil, evaluate, export, fetch, quantize, soft_labels, teacher, tokenize
 from tasks.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
@@ -18,6 +18,7 @@ from tasks.formats import open_tokens, read_soft_labels
 from tasks.measure import classification_report, interleaved_latency_ms, predictions
 from tasks.models import load_classifier, load_config, load_trained, shrink
 from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.phrases import full_sentences
 from tasks.predictors import onnx_predictor, torch_predictor
 from tasks.sources import DataParams, load_splits
 from tasks.training import predict_logits
@@ -393,6 +394,33 @@ def test_augmented_variants_are_new_texts_any_tokenizer_reads(pipeline, word_tab
     mpnet = encoder_for("tiny-mpnet", 32).encode([masked])[0]
     assert 103 in bert  # [MASK] for BERT ...
     assert encoder_for("tiny-mpnet", 32).tokenizer.mask_token_id in mpnet  # ... <mask> for MPNet
+
+
+def test_sentence_source_perturbs_only_the_full_sentences(tmp_path):
+    from tasks.formats import read_augmented, read_texts
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    folder = tmp_path / "sst2"
+    folder.mkdir()
+    lines = (DATA_ROOT / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    phrases = sst2_phrases()
+    sentences = [phrases[k] for k in full_sentences(phrases)[:30]]
+    trees = [line for line, phrase in zip(lines, phrases) if any(phrase in sentence for sentence in sentences)]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(trees) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\nit 's fine \t1\nbad movie \t0\n")
+    data = DataParams(source=str(folder), splits={"train": "train", "test": "dev"}, label_names=["negative", "positive"])
+    dataset = run_stage(fetch.STAGE, data, {}, store)
+    params = augment.AugmentParams(copies=2, source="sentences", ngram_probability=0, seed=1)
+    made = run_stage(augment.STAGE, params, {"dataset": dataset}, store)
+    variants, sources = read_augmented(store.open(made))
+    train = read_texts(store.open(dataset), "train")
+    sentences = full_sentences(train)
+    metrics = store.manifest(made)["metrics"]
+    assert metrics["perturbed_texts"] == len(sentences) and metrics["tried"] == 2 * len(sentences)
+    assert set(sources) <= set(sentences) and len(variants) > len(sentences) / 2  # short ones often come out unchanged
+    assert all(len(v.split()) == len(train[s].split()) for v, s in zip(variants, sources))  # sentence-length, not cut
+    every = run_stage(augment.STAGE, params.model_copy(update={"source": "every"}), {"dataset": dataset}, store)
+    assert store.manifest(every)["metrics"]["perturbed_texts"] == len(train) > len(sentences)
 
 
 def test_no_copies_writes_an_empty_set_and_reads_nothing(tmp_path):
