@@ -446,6 +446,34 @@ def test_distillation_trains_on_the_augmented_examples(pipeline):
     assert metrics["steps"] >= (400 + rows) / 16 > 400 / 16 + 10  # batches of at most 16 over both sets
 
 
+def test_soft_labels_resume_after_a_crash_with_the_bytes_of_an_unbroken_run(pipeline, monkeypatch):
+    from tasks.encoding import encoder_of
+    from tasks.formats import read_augmented
+
+    store, refs = pipeline
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=4), {"dataset": refs["dataset"]}, store)
+    inputs = {"tokens": refs["tokens"], "teacher": refs["teacher"], "augmented": made}
+    params = soft_labels.SoftLabelParams(batch_size=8, precision="fp32", device="cpu")
+    monkeypatch.setattr(soft_labels, "CHUNK_BATCHES", 2)  # 16 texts a chunk: dozens of chunks
+    monkeypatch.setenv("DISTILLERY_CHECKPOINT_SECONDS", "0")  # a checkpoint after every chunk
+
+    def crash(message: str) -> None:
+        if "checkpoint saved at chunk 5/" in message:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(soft_labels.STAGE, params, inputs, store, Progress(crash, bar=False))
+    said: list[str] = []
+    ref = run_stage(soft_labels.STAGE, params, inputs, store, Progress(said.append, every_seconds=0, bar=False))
+    assert any("resumed from the checkpoint at chunk 5/" in m for m in said)
+    assert not any("soft_labels: 1/" in m for m in said)  # the first five chunks were not redone
+
+    tokens = tokens_of(store, refs["tokens"])
+    sequences = tokens.split("train")[0] + encoder_of(tokens).encode(read_augmented(store.open(made))[0])
+    unbroken = predict_logits(load_trained(store.open(refs["teacher"]) / "model"), sequences, tokens.spec.pad_id, 8)
+    assert np.array_equal(read_soft_labels(store.open(ref)).logits, unbroken)  # one call over all texts, bit for bit
+
+
 def test_soft_labels_of_other_texts_are_never_used(pipeline):
     store, refs = pipeline
     made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, seed=3), {"dataset": refs["dataset"]}, store)
