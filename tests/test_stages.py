@@ -446,6 +446,13 @@ def test_distillation_trains_on_the_augmented_examples(pipeline):
     assert metrics["steps"] >= (400 + rows) / 16 > 400 / 16 + 10  # batches of at most 16 over both sets
 
 
+def test_manifests_record_the_threads_a_stage_ran_with_outside_its_key(pipeline):
+    store, refs = pipeline
+    manifest = store.manifest(refs["teacher"])
+    assert manifest["runtime"]["torch_threads"] == torch.get_num_threads() >= 1
+    assert "torch_threads" not in json.dumps(manifest["params"]) + json.dumps(manifest["extra"])
+
+
 def test_soft_labels_resume_after_a_crash_with_the_bytes_of_an_unbroken_run(pipeline, monkeypatch):
     from tasks.encoding import encoder_of
     from tasks.formats import read_augmented
