@@ -89,6 +89,7 @@ def test_helper_edits_reach_exactly_the_stages_that_run_them():
     print("\nFIGURE change matrix (helper: stages it recomputes):\n" + "\n".join(
         f"  {module}: {', '.join(sorted(names))}" for module, names in sorted(matrix.items())))
     assert matrix["tasks.sources"] == {"fetch_dataset"}  # reading the data: only the stage that reads it
+    assert matrix["tasks.phrases"] == {"fetch_dataset", "augment_data"}  # sentence holdout; sentence-only variants
     assert matrix["tasks.predictors"] == {"evaluate"}
     assert matrix["tasks.onnx_export"] == {"export_onnx", "qat_student"}
     assert matrix["tasks.onnx_runtime"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
