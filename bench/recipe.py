@@ -52,6 +52,8 @@ EMOTION: Variants = {
     "ptq-static": ([*AUG2, "--quantize-approach", "static"],
                    "aug2's student, INT8 by static post-training quantization (256 calibration sentences) instead of dynamic"),
 }
+SENT6 = ["--augment-copies", "6", "--augment-source", "sentences", "--augment-ngram-probability", "0", "--student-epochs", "1.5"]
+HELD_OUT = ["--data-validation-holdout", "sentences"]
 SST2: Variants = {
     # The SST-2 preset before this comparison.
     "base": (["--augment-copies", "0", "--student-epochs", "2"], "logits MSE, 3 layers [0,2,4], no augmentation, 2 epochs"),
@@ -59,8 +61,13 @@ SST2: Variants = {
              "2 augmented variants per phrase, teacher-labelled; 1 epoch over the 3x set (the SST-2 preset since)"),
     # Dev is whole sentences, train mostly their sub-phrases: variants of the full sentences only,
     # uncut, so the student sees sentence-length text labelled by the teacher.
-    "sent6": (["--augment-copies", "6", "--augment-source", "sentences", "--augment-ngram-probability", "0", "--student-epochs", "1.5"],
+    "sent6": (SENT6,
               "6 uncut variants of each full training sentence (none of the phrases), teacher-labelled; 1.5 epochs"),
+    # The same two on validation held out by sentence (tasks/phrases.py): no text shared with
+    # train, and sentence-length like dev, so it can rank sentence-level skill. A new data set,
+    # so a new teacher: these rows compare with each other, not with the ones above.
+    "held-aug2": ([*HELD_OUT, "--augment-copies", "2", "--student-epochs", "1"], "aug2, validation held out by sentence"),
+    "held-sent6": ([*HELD_OUT, *SENT6], "sent6, validation held out by sentence"),
 }
 VARIANTS: dict[str, Variants] = {"emotion": EMOTION, "sst2": SST2}
 
