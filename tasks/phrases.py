@@ -32,6 +32,23 @@ def _spans(words: Words, lengths: Sequence[int]) -> Iterable[Words]:
         yield from (words[a:a + n] for a in range(len(words) - n + 1))
 
 
+def _words_and_lengths(texts: Sequence[str]) -> tuple[list[Words], list[int]]:
+    """Each text as its words, and the sorted distinct word counts (the run lengths worth storing)."""
+    words = [tuple(text.split()) for text in texts]
+    return words, sorted({len(w) for w in words})
+
+
+def _full_sentences(words: Sequence[Words], lengths: Sequence[int]) -> list[int]:
+    inside: set[Words] = set()
+    kept: list[int] = []
+    for index in sorted(range(len(words)), key=lambda i: -len(words[i])):
+        if words[index] in inside:
+            continue
+        kept.append(index)
+        inside.update(_spans(words[index], lengths))
+    return sorted(kept)
+
+
 def full_sentences(texts: Sequence[str]) -> list[int]:
     """Indices of the texts that are not a run of words inside another text, in text order.
 
@@ -40,16 +57,7 @@ def full_sentences(texts: Sequence[str]) -> list[int]:
     runs as long as some text are stored, which bounds the set by the kept texts' words
     times the number of distinct text lengths.
     """
-    words = [tuple(text.split()) for text in texts]
-    lengths = sorted({len(w) for w in words})
-    inside: set[Words] = set()
-    kept: list[int] = []
-    for index in sorted(range(len(texts)), key=lambda i: -len(words[i])):
-        if words[index] in inside:
-            continue
-        kept.append(index)
-        inside.update(_spans(words[index], lengths))
-    return sorted(kept)
+    return _full_sentences(*_words_and_lengths(texts))
 
 
 def sentence_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -61,12 +69,12 @@ def sentence_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[
     validation shares no text with train and, like a sentence-level test split, holds
     only sentences.
     """
-    sentences = full_sentences(texts)
+    # Finding the sentences and covering train both need every text as words: split once.
+    words, lengths = _words_and_lengths(texts)
+    sentences = _full_sentences(words, lengths)
     order = np.random.default_rng(seed).permutation(len(sentences))
     cut = max(1, int(round(len(sentences) * fraction)))
     held = sorted(sentences[i] for i in order[:cut])
-    words = [tuple(text.split()) for text in texts]
-    lengths = sorted({len(w) for w in words})
     covered: set[Words] = set()
     for index in sorted(set(sentences) - set(held)):
         covered.update(_spans(words[index], lengths))
