@@ -97,6 +97,16 @@ def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, mani
     return reasons
 
 
+def _ran_on(manifest: dict) -> str:
+    """What computed a cached artifact: its thread count can move a trained model as much as a
+    seed does, and is not in the key (artifacts/stage.py `runtime`), so say it here."""
+    ran = manifest.get("runtime")  # absent from artifacts made before it was recorded
+    if not ran:
+        return ""
+    threads = f", {ran['torch_threads']} torch thread{'s' if ran['torch_threads'] != 1 else ''}" if "torch_threads" in ran else ""
+    return f", made on {ran['cpus']} CPU{'s' if ran['cpus'] != 1 else ''}{threads}"
+
+
 class StepStatus(NamedTuple):
     """One step of the next run: cached (detail: its artifact) or not (detail: why it reruns)."""
 
@@ -126,7 +136,7 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
             ref, problem = cached_artifact(store, stage, stage.key(params, inputs), inputs)
             if ref is not None:
                 earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
-                found.append(StepStatus(step, True, f"artifact {ref.short}{earlier}"))
+                found.append(StepStatus(step, True, f"artifact {ref.short}{earlier}{_ran_on(store.manifest(ref))}"))
                 return ref
         if manifest is None:
             found.append(StepStatus(step, False, f"no earlier artifact for workload {config.name!r}", first=True))

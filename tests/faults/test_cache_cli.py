@@ -73,6 +73,10 @@ def test_explain_names_what_changed(cold, tmp_path):
     same = cache(store, "explain", "--smoke", "--data", cold[1][2])
     assert same.returncode == 0, same.stderr
     assert all(": cached" in line for line in same.stdout.splitlines()), same.stdout
+    # A cached step says what computed it, from its manifest: thread counts are not keyed.
+    teacher = next(line for line in same.stdout.splitlines() if line.startswith("fine_tune_teacher:"))
+    ran = ArtifactStore(str(store)).manifest(cold[2].summary["stages"]["fine_tune_teacher"]["artifact"])["runtime"]
+    assert f"made on {ran['cpus']} CPU" in teacher and f", {ran['torch_threads']} torch thread" in teacher, teacher
     changed = cache(store, "explain", "--smoke", "--data", cold[1][2], "--set", "quantize.approach=static")
     lines = dict(line.split(": ", 1) for line in changed.stdout.splitlines())
     assert lines["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in lines["quantize"]
