@@ -68,13 +68,14 @@ def side_of(artifact: str) -> str:
     return "teacher" if artifact.startswith("teacher") else "student"
 
 
-def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str) -> ArtifactRef:
+def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str,
+                  progress: Progress | None = None) -> ArtifactRef:
     """The artifact this stage made from these inputs before, or a new one; kept by an alias."""
     key = stage.key(params, inputs)
     ref = cached(store, stage, key, inputs)
     if ref is None:
         print(f"  building {alias} ...", flush=True)
-        ref = run_stage(stage, params, inputs, store, Progress(lambda message: None, bar=False))
+        ref = run_stage(stage, params, inputs, store, progress or Progress(lambda message: None, bar=False))
     store.set_alias(alias, ref)
     return ref
 
