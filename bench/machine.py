@@ -2,8 +2,8 @@
 2-core VM mean nothing without it.
 
 The model name alone is not enough: "AMD EPYC" has been a Zen 4 and a Zen 5 (CPU family
-26) here, and MPNet's bf16 fine-tuning ran 1.66x FP32 on the first and about 2.5x on the
-second. So the family, model and native bf16 flags go in too."""
+26) here, and MPNet's bf16 fine-tuning ran 1.66x FP32 on the first and 1.92x on the
+second (2.33x over a whole run). So the family, model and native bf16 flags go in too."""
 
 from __future__ import annotations
 
