@@ -5,7 +5,8 @@ On its own it would serve that record even if the artifact behind it had been
 deleted or corrupted; `StageCachePolicy` checks the record (artifacts/records.py), the
 artifact's checksums and the stage's own content check (`Stage.validate`: soft labels
 must belong to the texts at hand) while computing the key, and drops a record that
-fails any of them, so the stage runs again.
+fails any of them, so the stage runs again (or reuses an artifact published under the
+key without a record: flows/pipeline.py `stage_task`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Optional
 
 from prefect.cache_policies import CachePolicy
 
-from artifacts.records import RecordError, drop_record, read_record
+from artifacts.cache import NO_RECORD, from_record
+from artifacts.records import drop_record
 from artifacts.stage import Stage
 from artifacts.store import ArtifactStore
 
@@ -46,16 +48,10 @@ class StageCachePolicy(CachePolicy):
         return key
 
     def _drop_unusable_record(self, key: str, store: ArtifactStore, inputs: dict) -> None:
-        try:
-            ref = read_record(store, key)
-            problem = self.stage.problem_with(store, ref, inputs)
-        except FileNotFoundError:
-            return  # not cached yet
-        except RecordError as exc:
-            problem = str(exc)
-        if problem:
+        ref, problem = from_record(store, self.stage, key, inputs)
+        if ref is None and problem != NO_RECORD:
             _run_logger().warning(
-                "%s: cached artifact for key %s is unusable (%s); recomputing",
+                "%s: cache record for key %s is unusable (%s); not used",
                 self.stage.name, key[:12], problem,
             )
             drop_record(store, key)

@@ -36,11 +36,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from artifacts.records import RecordError, read_record  # noqa: E402
+from artifacts.cache import cached  # noqa: E402
 from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
-from bench.command import find_run, ref_of  # noqa: E402
+from bench.command import find_run  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks import export, qat, quantize  # noqa: E402
 from tasks.batching import pad  # noqa: E402
@@ -78,23 +78,6 @@ def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, 
         ref = run_stage(stage, params, inputs, store, progress or Progress(lambda message: None, bar=False))
     store.set_alias(alias, ref)
     return ref
-
-
-def cached(store: ArtifactStore, stage: Stage, key: str, inputs: dict[str, ArtifactRef]) -> ArtifactRef | None:
-    """A usable artifact made under `key`: the pipeline's cache record of it, else a manifest naming it.
-
-    The record comes first because the store keeps an artifact's first manifest: a
-    flow that remade identical content under changed code recorded the new key
-    there only. Either is checked as a cache hit in the pipeline is (checksums, and
-    the stage's own content check if it has one).
-    """
-    candidates = []
-    try:
-        candidates.append(read_record(store, key))
-    except (FileNotFoundError, RecordError):
-        pass
-    candidates += [ref_of(store, digest) for digest in store.digests() if store.manifest(digest).get("key") == key]
-    return next((ref for ref in candidates if not stage.problem_with(store, ref, inputs)), None)
 
 
 def export_params_of(store: ArtifactStore, onnx: ArtifactRef | str) -> export.ExportParams:

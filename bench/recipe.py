@@ -3,6 +3,7 @@
     python bench/recipe.py --workload emotion --data ../shared/data/emotion
     python bench/recipe.py --workload emotion --data ../shared/data/emotion --only kl-hard,aug2
     python bench/recipe.py --workload sst2 --data ../shared/data/sst2
+    python bench/recipe.py --only aug2,seed2 --extra "--teacher-precision fp32" --results recipe-emotion-fp32-teacher
 
 Each variant is the workload's CLI with a few flags changed, run on the same store,
 so the teacher, its soft labels and everything else a variant does not change come
@@ -12,7 +13,7 @@ labels of its extra texts). A rerun of this script recomputes nothing it measure
 Choices are made on **validation** (the FP32 student's accuracy after distillation,
 as `distil_student` records it; for the INT8 method, the INT8 model's, as `quantize`
 and `qat_student` record it); test figures are reported, never used to pick.
-Writes bench/results/recipe-<workload>.{json,md}.
+Writes bench/results/recipe-<workload>.{json,md} (or --results NAME).
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--store", default=".distillery")
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     parser.add_argument("--extra", default="", help="flags added to every variant (e.g. a chosen recipe), space-separated")
+    parser.add_argument("--results", help="result file name, without suffix (default: recipe-<workload>); "
+                                          "give one with --extra, so its rows do not replace those measured without")
     args = parser.parse_args()
     variants = VARIANTS[args.workload]
     names = args.only.split(",") if args.only else list(variants)
@@ -128,7 +131,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown {args.workload} variants {sorted(unknown)}: choose from {', '.join(variants)}")
     store = ArtifactStore(args.store)
-    out = RESULTS / f"recipe-{args.workload}.json"
+    out = RESULTS / f"{args.results or f'recipe-{args.workload}'}.json"
     previous = {r["variant"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
     for name in names:
         flags = variants[name][0] + args.extra.split()

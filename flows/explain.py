@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from artifacts.records import RecordError, read_record
+from artifacts.cache import from_record, published
 from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
@@ -62,18 +62,6 @@ class WouldRun(NamedTuple):
 
 
 NULL_DIGEST = "0" * 64
-
-
-def cached_artifact(store: ArtifactStore, stage: Stage, key: str, inputs: dict[str, ArtifactRef]) -> tuple[ArtifactRef | None, str]:
-    """The usable artifact the record for `key` points to, or None and why not (as the cache policy decides)."""
-    try:
-        ref = read_record(store, key)
-    except FileNotFoundError:
-        return None, "no cache record for these inputs"
-    except RecordError as exc:
-        return None, str(exc)
-    problem = stage.problem_with(store, ref, inputs)
-    return (None, f"its artifact {ref.short} is unusable ({problem})") if problem else (ref, "")
 
 
 def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, manifest: dict) -> list[str]:
@@ -133,9 +121,13 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
         manifest = last.get(step)
         problem = "an upstream stage reruns"
         if not any(isinstance(ref, WouldRun) for ref in inputs.values()):
-            ref, problem = cached_artifact(store, stage, stage.key(params, inputs), inputs)
+            key = stage.key(params, inputs)
+            ref, problem = from_record(store, stage, key, inputs)
+            unrecorded = ref is None and (ref := published(store, stage, key, inputs)) is not None
             if ref is not None:
                 earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
+                if unrecorded:
+                    earlier = ", published under this key without a cache record (e.g. by a benchmark): the flow reuses it"
                 found.append(StepStatus(step, True, f"artifact {ref.short}{earlier}{_ran_on(store.manifest(ref))}"))
                 return ref
         if manifest is None:

@@ -36,8 +36,9 @@ from typing import Any, Callable
 from prefect import flow, get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.filesystems import RemoteFileSystem
-from prefect.states import State
+from prefect.states import Completed, State
 
+from artifacts.cache import published
 from artifacts.locks import lease_seconds_from_env, lock_manager_for
 from artifacts.policy import StageCachePolicy
 from artifacts.runs import RunRecord, publish_run
@@ -121,6 +122,9 @@ def task_progress(stage: Stage) -> Progress:
     return Progress(logger.info, on_fraction=on_fraction, report_seconds=10.0)
 
 
+REUSED = "Reused"  # the state of a task that found its artifact in the store but no record of it
+
+
 def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | str):
     policy = StageCachePolicy(
         stage=stage,
@@ -128,8 +132,15 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | st
         lock_manager=lock_manager_for(store),
     )
 
-    def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef:
-        return run_stage(stage, params, inputs, ArtifactStore(store), task_progress(stage))
+    def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef | State:
+        # Prefect found no usable record; an artifact made under this key without one
+        # (by a benchmark's plain call, or a flow whose record was lost) is still a cache hit.
+        artifacts = ArtifactStore(store)
+        ref = published(artifacts, stage, stage.key(params, inputs), inputs)
+        if ref is not None:
+            get_run_logger().info(f"{step}: reusing {stage.kind} {ref.short}, published under this key without a cache record")
+            return Completed(data=ref, name=REUSED)  # Prefect writes the record from it
+        return run_stage(stage, params, inputs, artifacts, task_progress(stage))
 
     return task(
         run,
@@ -184,7 +195,7 @@ class StageRunner:
         started = time.time()
         state: State = stage_task(step, stage, self.store, self.records)(params, inputs, self.store.root, return_state=True)
         ref = state.result()  # raises the stage's own error if it failed
-        state_name = "cached" if state.name == "Cached" else "computed"
+        state_name = "cached" if state.name in ("Cached", REUSED) else "computed"
         if state_name == "cached":
             get_run_logger().info(f"{step}: cached, reusing {stage.kind} {ref.short}")
         self.stages[step] = {

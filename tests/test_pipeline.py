@@ -102,8 +102,8 @@ def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(c
     assert run.summary["stages"]["fetch_dataset"]["artifact"] == cold[2].summary["stages"]["fetch_dataset"]["artifact"]
 
 
-def test_soft_labels_of_other_texts_are_detected_and_recomputed(cold, tmp_path):
-    """A record pointing at sound soft labels of other texts is unusable: recomputed, never used."""
+def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
+    """A record pointing at sound soft labels of other texts is unusable: never used."""
     store = store_copy(cold, tmp_path)
     artifacts = ArtifactStore(store)
     record = latest_run(artifacts, "emotion")
@@ -119,7 +119,8 @@ def test_soft_labels_of_other_texts_are_detected_and_recomputed(cold, tmp_path):
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0, run.output[-3000:]
     assert "unusable" in run.output and "computed on other texts" in run.output
-    assert run.computed() == {"soft_labels"}  # recomputed identical: the student and the rest stay cached
+    # The refused record is not followed; the good artifact, published under the same key, is found by its manifest.
+    assert run.computed() == set() and "soft_labels: reusing" in run.output
     assert run.summary["stages"]["soft_labels"]["artifact"] == good
 
 

@@ -1,12 +1,14 @@
 """`python -m artifacts`: list, verify, gc and explain on a real store."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from artifacts.store import ArtifactStore
-from conftest import OFFLINE, REPO, store_copy
+from conftest import OFFLINE, REPO, run_cli, store_copy
+from flows.pipeline import STEP_NAMES
 
 
 def cache(store: Path, *args: str) -> subprocess.CompletedProcess:
@@ -107,3 +109,24 @@ def test_explain_names_an_input_a_stage_gained_since_its_artifact(cold, monkeypa
     assert lines["export_onnx"].startswith("would run: upstream distil_student reruns")
     assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "augment_data",
                                                          "soft_labels"))
+
+
+def test_artifacts_without_cache_records_are_reused_not_recomputed(cold, tmp_path):
+    """Artifacts made under the run's keys but with no Prefect record (a benchmark's plain
+    run_stage calls, or a store whose records were lost) are cache hits, and get records."""
+    store = store_copy(cold, tmp_path)
+    shutil.rmtree(store / "records")
+    explained = cache(store, "explain", *cold[1])
+    assert explained.returncode == 0, explained.stderr
+    lines = explained.stdout.splitlines()
+    assert len(lines) == len(STEP_NAMES), explained.stdout
+    assert all(": cached" in line and "published under this key without a cache record" in line for line in lines), explained.stdout
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path)
+    assert run.code == 0, run.output[-3000:]
+    assert set(run.states().values()) == {"cached"}, run.states()
+    assert "fine_tune_teacher: reusing model" in run.output
+    assert ({step: s["artifact"] for step, s in run.summary["stages"].items()}
+            == {step: s["artifact"] for step, s in cold[2].summary["stages"].items()})
+    assert len(list((store / "records").iterdir())) == len(STEP_NAMES)  # Prefect recorded each reuse
+    again = cache(store, "explain", *cold[1]).stdout
+    assert all(": cached" in line and "without a cache record" not in line for line in again.splitlines()), again

@@ -1,0 +1,63 @@
+"""Where a stage's earlier artifact for a cache key is found, checked as a cache hit is.
+
+Two things can name it. Prefect's record for the key, written when a flow ran the
+stage. And the manifest of any artifact published under the key: by a plain
+`run_stage` call (the benchmarks make teachers that way), or by a flow whose record
+was since lost or refused. Without the second, an hour of teacher training made by
+a benchmark would be trained again by the next flow run on the same store, though
+nothing it was made from changed.
+
+Either way the artifact must pass its checksums and the stage's own content check
+(`Stage.problem_with`), and a record is read as plain JSON before it is trusted
+(artifacts/records.py). The flow's cache policy, its task body, `explain` and the
+benchmarks all decide here, so they agree on what is cached.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from artifacts.records import RecordError, read_record
+from artifacts.stage import Stage
+from artifacts.store import ArtifactRef, ArtifactStore
+
+NO_RECORD = "no cache record for these inputs"
+
+
+def from_record(store: ArtifactStore, stage: Stage, key: str,
+                inputs: Mapping[str, ArtifactRef]) -> tuple[ArtifactRef | None, str]:
+    """The usable artifact the record for `key` points to, or None and why not."""
+    try:
+        ref = read_record(store, key)
+    except FileNotFoundError:
+        return None, NO_RECORD
+    except RecordError as exc:
+        return None, str(exc)
+    problem = stage.problem_with(store, ref, inputs)
+    return (None, f"its artifact {ref.short} is unusable ({problem})") if problem else (ref, "")
+
+
+def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
+    """A usable artifact whose manifest says it was made under `key`, if the store holds one.
+
+    Reads every manifest in the store; it is asked only where the alternative is to
+    compute the stage. The store keeps an artifact's first manifest, so identical
+    content remade under another key is found by that key's record, not here.
+    """
+    for digest in store.digests():
+        try:
+            manifest = store.manifest(digest)
+        except (FileNotFoundError, ValueError):  # half-deleted or corrupt: `cache verify` reports it
+            continue
+        if manifest.get("key") != key or manifest.get("stage") != stage.name:
+            continue
+        ref = ArtifactRef(kind=manifest["kind"], digest=digest)
+        if not stage.problem_with(store, ref, inputs):
+            return ref
+    return None
+
+
+def cached(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
+    """The usable artifact made under `key`: the record's, else a manifest naming the key."""
+    ref, _ = from_record(store, stage, key, inputs)
+    return ref or published(store, stage, key, inputs)
