@@ -16,21 +16,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cpuinfo(field: str) -> str | None:
-    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.split(":", 1)[0].strip() == field), None)
+def _first_cpu() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (every core of these VMs is the same model)."""
+    fields: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if not line.strip():
+            break
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields
 
 
 def machine() -> dict:
     from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags
 
-    cpu = _cpuinfo("model name") or platform.processor()
+    cpuinfo = _first_cpu()
+    cpu = cpuinfo.get("model name") or platform.processor()
     memory = next((int(line.split()[1]) // 1024 // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), None)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     import torch
 
-    return {"cpu": cpu, "cpu_family": _cpuinfo("cpu family"), "cpu_model": _cpuinfo("model"),
+    return {"cpu": cpu, "cpu_family": cpuinfo.get("cpu family"), "cpu_model": cpuinfo.get("model"),
             "native_bf16_flags": sorted(cpu_flags() & set(NATIVE_BF16_FLAGS)), "cores": os.cpu_count(), "memory_gib": memory, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "commit": commit or "unknown",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

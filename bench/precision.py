@@ -66,7 +66,7 @@ def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Pat
             "native_bf16_flags": flags, "auto_resolves_to": resolve_precision("auto", "cpu", "--teacher-precision")}
 
 
-def accuracy_pair(data: str, model_name: str, store_root: str) -> dict:
+def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = False) -> dict:
     from artifacts.stage import Progress
     from artifacts.store import ArtifactStore
     from bench.compare import cached_or_run
@@ -75,7 +75,7 @@ def accuracy_pair(data: str, model_name: str, store_root: str) -> dict:
     from tasks.measure import quality
     from tasks.predictors import torch_predictor
 
-    config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
+    config, _ = resolve("emotion", data, smoke, {"teacher": {"model": model_name}}, None)
     store = ArtifactStore(store_root)
     say = Progress(lambda message: print(f"[precision] {message}", flush=True), bar=False)
     # Cached like the pipeline's stages, so a rerun of the pair only scores the two teachers.
@@ -142,10 +142,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--accuracy", action="store_true", help="train the full schedule in each precision and score test accuracy")
     parser.add_argument("--store", default=".distillery", help="store the --accuracy teachers are cached in")
+    parser.add_argument("--smoke", action="store_true", help="--accuracy on the smoke preset's slice and schedule (tests)")
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/precision-<model>.json)")
     args = parser.parse_args()
     if args.accuracy:
-        write_result(accuracy_pair(args.data, args.model, args.store),
+        write_result(accuracy_pair(args.data, args.model, args.store, args.smoke),
                      args.out or RESULTS / f"precision-accuracy-{args.model}.json", accuracy_markdown)
         return 0
     with tempfile.TemporaryDirectory(prefix="precision-") as scratch:

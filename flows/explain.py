@@ -91,8 +91,12 @@ def _ran_on(manifest: dict) -> str:
     ran = manifest.get("runtime")  # absent from artifacts made before it was recorded
     if not ran:
         return ""
-    threads = f", {ran['torch_threads']} torch thread{'s' if ran['torch_threads'] != 1 else ''}" if "torch_threads" in ran else ""
-    return f", made on {ran['cpus']} CPU{'s' if ran['cpus'] != 1 else ''}{threads}"
+    threads = f", {_counted(ran['torch_threads'], 'torch thread')}" if "torch_threads" in ran else ""
+    return f", made on {_counted(ran['cpus'], 'CPU')}{threads}"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class StepStatus(NamedTuple):

@@ -187,3 +187,22 @@ def test_plain_calls_make_the_flows_artifacts(cold, tmp_path, emotion_dir):
     flow = {step: s["artifact"] for step, s in cold[2].summary["stages"].items()}
     assert list(made) == list(flow)
     assert {step: d for step, d in made.items() if step != "evaluate"} == {step: d for step, d in flow.items() if step != "evaluate"}
+
+
+def test_precision_pair_trains_each_side_once_and_a_rerun_only_scores(tmp_path, emotion_dir, capsys):
+    # The pair's sides are cached in the store: a rerun to redraw the table must not retrain
+    # (it once did, which for MPNet in FP32 is 73 minutes).
+    precision = bench_module("precision")
+    store = str(tmp_path / "store")
+    first = precision.accuracy_pair(str(emotion_dir), "tiny-mpnet", store, smoke=True)
+    assert capsys.readouterr().out.count("building") == 4  # the data, its tokens, one teacher per precision
+    again = precision.accuracy_pair(str(emotion_dir), "tiny-mpnet", store, smoke=True)
+    assert "building" not in capsys.readouterr().out
+    assert again == first
+    artifacts = ArtifactStore(store)
+    for side in ("fp32", "bf16"):
+        assert artifacts.manifest(first["sides"][side]["artifact"])["params"]["precision"] == side
+        assert 0 <= first["sides"][side]["test_accuracy"] <= 1
+    assert first["sides"]["fp32"]["artifact"] != first["sides"]["bf16"]["artifact"]
+    gap = 100 * (first["sides"]["bf16"]["test_accuracy"] - first["sides"]["fp32"]["test_accuracy"])
+    assert first["bf16_minus_fp32_test_points"] == round(gap, 2)
