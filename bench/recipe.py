@@ -38,6 +38,7 @@ RESULTS = REPO / "bench" / "results"
 # workload -> name -> (flags beyond the preset, what it tests). Flags are the workload CLI's own.
 Variants = dict[str, tuple[list[str], str]]
 AUG2 = ["--augment-copies", "2", "--student-epochs", "1.5"]  # the emotion preset's student since this comparison
+AUG4 = ["--augment-copies", "4", "--student-epochs", "1"]
 EMOTION: Variants = {
     # The emotion preset before this comparison; flags spelled out, so a rerun measures the same run.
     "base": (["--augment-copies", "0", "--student-epochs", "3"], "logits MSE, 3 layers [0,2,4], no augmentation, 3 epochs"),
@@ -47,6 +48,9 @@ EMOTION: Variants = {
              "2 augmented variants per tweet, teacher-labelled; 1.5 epochs over the 3x set"),
     "layers2": (["--augment-copies", "0", "--student-epochs", "3", "--student-layers", "0,5"], "2 layers [0,5] instead of 3, no augmentation"),
     "seed2": ([*AUG2, "--student-seed", "7"], "aug2 (the emotion preset since) with a second student seed"),
+    # Twice the variants over about the same number of student steps (5x the tweets, 1 epoch).
+    "aug4": (AUG4, "4 augmented variants per tweet, teacher-labelled; 1 epoch over the 5x set"),
+    "aug4-seed2": ([*AUG4, "--student-seed", "7"], "aug4 with a second student seed"),
     # The INT8 method, on the chosen student: compared on INT8 validation accuracy.
     "qat": ([*AUG2, "--quantize-method", "qat"],
             "aug2's student, INT8 by quantization-aware fine-tuning (1 epoch, true labels) instead of post-training"),
