@@ -127,12 +127,16 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
         if not any(isinstance(ref, WouldRun) for ref in inputs.values()):
             key = stage.key(params, inputs)
             ref, problem = from_record(store, stage, key, inputs)
-            unrecorded = ref is None and (ref := published(store, stage, key, inputs)) is not None
+            unrecorded = None if ref else published(store, stage, key, inputs)
+            ref = ref or unrecorded
             if ref is not None:
-                earlier = "" if manifest is None or manifest["digest"] == ref.digest else ", made by an earlier run than the latest"
                 if unrecorded:
-                    earlier = ", published under this key without a cache record (e.g. by a benchmark): the flow reuses it"
-                found.append(StepStatus(step, True, f"artifact {ref.short}{earlier}{_ran_on(store.manifest(ref))}"))
+                    origin = ", published under this key without a cache record (e.g. by a benchmark): the flow reuses it"
+                elif manifest is not None and manifest["digest"] != ref.digest:
+                    origin = ", made by an earlier run than the latest"
+                else:
+                    origin = ""
+                found.append(StepStatus(step, True, f"artifact {ref.short}{origin}{_ran_on(store.manifest(ref))}"))
                 return ref
         if manifest is None:
             found.append(StepStatus(step, False, f"no earlier artifact for workload {config.name!r}", first=True))
