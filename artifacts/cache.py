@@ -1,9 +1,9 @@
 """Where a stage's earlier artifact for a cache key is found, checked as a cache hit is.
 
 Two things can name it. Prefect's record for the key, written when a flow ran the
-stage. And the manifest of any artifact published under the key: by a plain
-`run_stage` call (the benchmarks make teachers that way), or by a flow whose record
-was since lost or refused. Without the second, an hour of teacher training made by
+stage. And the note `run_stage` leaves of every key it publishes under, which covers
+artifacts made by plain `run_stage` calls (the benchmarks make teachers that way) and
+by flows whose record was since lost or refused. Without the second, an hour of teacher training made by
 a benchmark would be trained again by the next flow run on the same store, though
 nothing it was made from changed.
 
@@ -38,12 +38,18 @@ def from_record(store: ArtifactStore, stage: Stage, key: str,
 
 
 def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
-    """A usable artifact whose manifest says it was made under `key`, if the store holds one.
+    """A usable artifact that `run_stage` made under `key`, if the store holds one.
 
-    Reads every manifest in the store; it is asked only where the alternative is to
-    compute the stage. The store keeps an artifact's first manifest, so identical
-    content remade under another key is found by that key's record, not here.
+    `run_stage` notes every key it publishes under (`ArtifactStore.note_key`). A local
+    store is also searched by manifest, for artifacts made before keys were noted; that
+    reads every manifest, which on a remote store would cost a request per artifact on
+    every miss, so remote stores rely on the notes.
     """
+    ref = store.made_under(key)
+    if ref is not None and not stage.problem_with(store, ref, inputs):
+        return ref
+    if not store.is_local:
+        return None
     for digest in store.digests():
         try:
             manifest = store.manifest(digest)

@@ -137,6 +137,7 @@ def run_stage(
             "runtime": runtime(),
         }
         ref = store.publish(out, stage.kind, manifest)
+    store.note_key(key, ref)  # found by this key even where the flow wrote no record (artifacts/cache.py)
     progress.checkpoints.clear()
     progress.info(f"{stage.name}: published {ref.kind} {ref.short} in {seconds:.1f}s")
     return ref

@@ -260,9 +260,35 @@ class ArtifactStore:
             return []
         return sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in names if DIGEST_PATTERN.match(n.rstrip("/").rsplit("/", 1)[-1]))
 
+    # -- what each cache key made ---------------------------------------------------------
+    def note_key(self, key: str, ref: ArtifactRef) -> None:
+        """Note that a stage made `ref` under cache key `key`.
+
+        The manifest cannot say it: identical content keeps the manifest (and the key) it
+        was first published with. A note is not a reference: `gc` may still delete `ref`.
+        """
+        self._write_ref(self._key_path(key), ref)
+
+    def made_under(self, key: str) -> ArtifactRef | None:
+        """The artifact noted for `key`, unverified, or None."""
+        try:
+            with self.fs.open(self._key_path(key), "r") as handle:
+                return ArtifactRef.model_validate_json(handle.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:  # a torn or altered note: the key is looked up as if never noted
+            return None
+
+    def _key_path(self, key: str) -> str:
+        if not DIGEST_PATTERN.match(key):
+            raise StoreError(f"not a cache key: {key!r}")
+        return f"{self.path}/keys/{key}.json"
+
     # -- aliases -----------------------------------------------------------------------
     def set_alias(self, name: str, ref: ArtifactRef) -> None:
-        path = self._alias_path(name)
+        self._write_ref(self._alias_path(name), ref)
+
+    def _write_ref(self, path: str, ref: ArtifactRef) -> None:
         payload = json.dumps(ref.model_dump())
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
