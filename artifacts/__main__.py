@@ -8,8 +8,8 @@
                              version or source file changed since the artifact it made last
                              (--workload PRESET, --name NAME: the workload's latest run)
   gc [--delete]              artifacts no record, alias or downstream artifact needs, old
-                             staging folders, checkpoints of finished or abandoned stages;
-                             listed, deleted with --delete
+                             staging folders, checkpoints of finished or abandoned stages,
+                             key notes of deleted artifacts; listed, deleted with --delete
 """
 
 from __future__ import annotations
@@ -87,9 +87,18 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
             print(f"{verb} checkpoints/{key[:12]} ({'its stage is cached' if key in finished else 'abandoned'})")
             if args.delete:
                 store.fs.rm(folder, recursive=True)
+    # Key notes (artifacts/cache.py) of artifacts deleted now or before: they would only be checked and refused.
+    gone = {e.digest for e in doomed}
+    notes = []
+    for key in store.noted_keys():
+        ref = store.made_under(key)
+        if ref is None or ref.digest in gone or ref.digest not in known:
+            notes.append(key)
+            if args.delete:
+                store.forget_key(key)
     freed = sum(e.size_bytes for e in doomed)
-    print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}), {len(stale)} staging folders and "
-          f"{len(checkpoints)} checkpoints; kept {len(keep & set(known))} artifacts")
+    print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}), {len(stale)} staging folders, "
+          f"{len(checkpoints)} checkpoints and {len(notes)} key notes; kept {len(keep & set(known))} artifacts")
     return 0
 
 

@@ -34,7 +34,7 @@ def from_record(store: ArtifactStore, stage: Stage, key: str,
     except RecordError as exc:
         return None, str(exc)
     problem = stage.problem_with(store, ref, inputs)
-    return (None, f"its artifact {ref.short} is unusable ({problem})") if problem else (ref, "")
+    return (None, f"artifact {ref.short}: {problem}") if problem else (ref, "")
 
 
 def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
@@ -50,20 +50,24 @@ def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str,
         return ref
     if not store.is_local:
         return None
+    made = []
     for digest in store.digests():
         try:
             manifest = store.manifest(digest)
         except (FileNotFoundError, ValueError):  # half-deleted or corrupt: `cache verify` reports it
             continue
-        if manifest.get("key") != key or manifest.get("stage") != stage.name:
-            continue
-        ref = ArtifactRef(kind=manifest["kind"], digest=digest)
+        if isinstance(manifest, dict) and manifest.get("key") == key:
+            made.append((str(manifest.get("published", "")), digest))
+    # A stage whose output is not bit-reproducible can have made several; the newest is
+    # the likeliest to be what downstream artifacts were built on.
+    for _, digest in sorted(made, reverse=True):
+        ref = ArtifactRef(kind=stage.kind, digest=digest)  # problem_with refuses it if it is not the stage's
         if not stage.problem_with(store, ref, inputs):
             return ref
     return None
 
 
 def cached(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
-    """The usable artifact made under `key`: the record's, else a manifest naming the key."""
+    """The usable artifact made under `key`: the record's, else the key note's or a manifest's."""
     ref, _ = from_record(store, stage, key, inputs)
     return ref or published(store, stage, key, inputs)

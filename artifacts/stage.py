@@ -81,8 +81,14 @@ class Stage:
     def problem_with(self, store: ArtifactStore, ref: ArtifactRef, inputs: Mapping[str, ArtifactRef]) -> str:
         """Why a cached artifact of this stage must not be used for these inputs ("" if it may)."""
         problem = store.verify(ref).problem
-        if problem or self.validate is None:
+        if problem:
             return problem
+        # A record or key note could name any intact artifact; only this stage's own output fits.
+        manifest = store.manifest(ref)
+        if manifest.get("stage") != self.name or {ref.kind, manifest.get("kind")} != {self.kind}:
+            return f"it is a {manifest.get('kind')} made by {manifest.get('stage')}, not a {self.kind} of {self.name}"
+        if self.validate is None:
+            return ""
         return self.validate(store.open(ref), {name: store.open(r) for name, r in inputs.items()})
 
     def check_inputs(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> None:
@@ -137,7 +143,10 @@ def run_stage(
             "runtime": runtime(),
         }
         ref = store.publish(out, stage.kind, manifest)
-    store.note_key(key, ref)  # found by this key even where the flow wrote no record (artifacts/cache.py)
+    try:
+        store.note_key(key, ref)  # found by this key even where the flow writes no record (artifacts/cache.py)
+    except OSError as exc:  # the artifact is published; losing the note only loses record-less reuse
+        progress.info(f"{stage.name}: could not note cache key {key[:12]} ({type(exc).__name__}: {exc})")
     progress.checkpoints.clear()
     progress.info(f"{stage.name}: published {ref.kind} {ref.short} in {seconds:.1f}s")
     return ref

@@ -8,6 +8,7 @@ different contents. Layout under the root:
     objects/<digest>/...           the files, plus manifest.json (written last)
     aliases/<name>.json            pointers such as emotion/latest -> digest
     records/<cache key>            Prefect's cache records (JSON ArtifactRefs)
+    keys/<cache key>.json          what run_stage made under each key (artifacts/cache.py)
     locks/<cache key>.lock         leases held while a stage computes
     staging/<uuid>/                work in progress (local stores only)
 
@@ -278,6 +279,19 @@ class ArtifactStore:
             return None
         except ValueError:  # a torn or altered note: the key is looked up as if never noted
             return None
+
+    def noted_keys(self) -> list[str]:
+        try:
+            names = self.fs.ls(f"{self.path}/keys", detail=False)
+        except FileNotFoundError:
+            return []
+        keys = (name.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json") for name in names)
+        return sorted(key for key in keys if DIGEST_PATTERN.match(key))
+
+    def forget_key(self, key: str) -> None:
+        path = self._key_path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
     def _key_path(self, key: str) -> str:
         if not DIGEST_PATTERN.match(key):

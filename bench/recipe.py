@@ -126,9 +126,11 @@ def main() -> None:
     parser.add_argument("--store", default=".distillery")
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     parser.add_argument("--extra", default="", help="flags added to every variant (e.g. a chosen recipe), space-separated")
-    parser.add_argument("--results", help="result file name, without suffix (default: recipe-<workload>); "
-                                          "give one with --extra, so its rows do not replace those measured without")
+    parser.add_argument("--results", help="result file name, without suffix (default: recipe-<workload>); required with --extra")
     args = parser.parse_args()
+    if args.extra and not args.results:
+        raise SystemExit("--extra changes every variant: give --results NAME too, so its rows do not replace "
+                         f"those in bench/results/recipe-{args.workload}.json, which were measured without it")
     variants = VARIANTS[args.workload]
     names = args.only.split(",") if args.only else list(variants)
     unknown = set(names) - set(variants)

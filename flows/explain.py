@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from artifacts.cache import from_record, published
+from artifacts.cache import NO_RECORD, from_record, published
 from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
@@ -131,7 +131,8 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
             ref = ref or unrecorded
             if ref is not None:
                 if unrecorded:
-                    origin = ", published under this key without a cache record (e.g. by a benchmark): the flow reuses it"
+                    record = "without a cache record (e.g. by a benchmark)" if problem == NO_RECORD else f"whose record is refused ({problem})"
+                    origin = f", made under this key {record}: the flow reuses it"
                 elif manifest is not None and manifest["digest"] != ref.digest:
                     origin = ", made by an earlier run than the latest"
                 else:

@@ -37,6 +37,7 @@ from prefect import flow, get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.filesystems import RemoteFileSystem
 from prefect.states import Completed, State
+from prefect.transactions import get_transaction
 
 from artifacts.cache import published
 from artifacts.locks import lease_seconds_from_env, lock_manager_for
@@ -133,14 +134,21 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | st
     )
 
     def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef | State:
-        # Prefect found no usable record; an artifact made under this key without one
-        # (by a benchmark's plain call, or a flow whose record was lost) is still a cache hit.
-        artifacts = ArtifactStore(store)
-        ref = published(artifacts, stage, stage.key(params, inputs), inputs)
-        if ref is not None:
-            get_run_logger().info(f"{step}: reusing {stage.kind} {ref.short}, published under this key without a cache record")
-            return Completed(data=ref, name=REUSED)  # Prefect writes the record from it
-        return run_stage(stage, params, inputs, artifacts, task_progress(stage))
+        """The stage's artifact; a `Reused` state around it if it was found, not made.
+
+        Called with return_state=True only (StageRunner), so both come back as a state.
+        """
+        artifact_store = ArtifactStore(store)
+        # Prefect found no usable record. What run_stage made under this key without one (a
+        # benchmark's plain call, or a flow whose record was lost) is still a cache hit,
+        # unless the run asked Prefect to refresh its cache.
+        txn = get_transaction()
+        if not (txn and txn.overwrite):
+            ref = published(artifact_store, stage, txn.key if txn and txn.key else stage.key(params, inputs), inputs)
+            if ref is not None:
+                get_run_logger().info(f"{step}: no usable cache record; reusing {stage.kind} {ref.short}, noted under this key")
+                return Completed(data=ref, name=REUSED)  # Prefect writes the record from it
+        return run_stage(stage, params, inputs, artifact_store, task_progress(stage))
 
     return task(
         run,

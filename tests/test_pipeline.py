@@ -119,8 +119,8 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0, run.output[-3000:]
     assert "unusable" in run.output and "computed on other texts" in run.output
-    # The refused record is not followed; the good artifact, published under the same key, is found by its manifest.
-    assert run.computed() == set() and "soft_labels: reusing" in run.output
+    # The refused record is not followed; the good artifact is found by run_stage's note of its key.
+    assert run.computed() == set() and "soft_labels: no usable cache record; reusing" in run.output
     assert run.summary["stages"]["soft_labels"]["artifact"] == good
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from artifacts.store import ArtifactStore
 from conftest import OFFLINE, REPO, run_cli, store_copy
 from flows.pipeline import STEP_NAMES
@@ -51,6 +53,7 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     with artifacts.new_artifact() as out:
         (out / "orphan.bin").write_bytes(b"left over by an abandoned experiment")
         orphan = artifacts.publish(out, "model", {"stage": "fine_tune_teacher", "upstream": {}})
+    artifacts.note_key("d" * 64, orphan)  # a key note is no reference: it goes with its artifact
     (store / "staging" / "interrupted-run").mkdir(parents=True)
     finished_key = next((store / "records").iterdir()).name
     for key in (finished_key, "c" * 64):  # a finished stage's leftover, and a crashed run's
@@ -63,6 +66,9 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     assert (store / "objects" / orphan.digest).exists(), young.stdout
     cache(store, "gc", "--delete", "--min-age-minutes", "0")
     assert not (store / "objects" / orphan.digest).exists()
+    assert artifacts.made_under("d" * 64) is None
+    kept_notes = artifacts.noted_keys()
+    assert kept_notes and all(artifacts.verify(artifacts.made_under(key)).ok for key in kept_notes)
     assert not (store / "staging" / "interrupted-run").exists()
     assert not (store / "checkpoints" / finished_key).exists()
     assert (store / "checkpoints" / ("c" * 64)).exists()  # may still be resumed
@@ -111,20 +117,23 @@ def test_explain_names_an_input_a_stage_gained_since_its_artifact(cold, monkeypa
                                                          "soft_labels"))
 
 
-def test_artifacts_without_cache_records_are_reused_not_recomputed(cold, tmp_path):
+@pytest.mark.parametrize("forget", [("records",), ("records", "keys")], ids=["records", "records-and-key-notes"])
+def test_artifacts_without_cache_records_are_reused_not_recomputed(cold, tmp_path, forget):
     """Artifacts made under the run's keys but with no Prefect record (a benchmark's plain
-    run_stage calls, or a store whose records were lost) are cache hits, and get records."""
+    run_stage calls, or a store whose records were lost) are cache hits, and get records:
+    found by run_stage's key notes, or without them (older stores) by their manifests."""
     store = store_copy(cold, tmp_path)
-    shutil.rmtree(store / "records")
+    for folder in forget:
+        shutil.rmtree(store / folder)
     explained = cache(store, "explain", *cold[1])
     assert explained.returncode == 0, explained.stderr
     lines = explained.stdout.splitlines()
     assert len(lines) == len(STEP_NAMES), explained.stdout
-    assert all(": cached" in line and "published under this key without a cache record" in line for line in lines), explained.stdout
+    assert all(": cached" in line and "made under this key without a cache record" in line for line in lines), explained.stdout
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0, run.output[-3000:]
     assert set(run.states().values()) == {"cached"}, run.states()
-    assert "fine_tune_teacher: reusing model" in run.output
+    assert "fine_tune_teacher: no usable cache record; reusing model" in run.output
     assert ({step: s["artifact"] for step, s in run.summary["stages"].items()}
             == {step: s["artifact"] for step, s in cold[2].summary["stages"].items()})
     assert len(list((store / "records").iterdir())) == len(STEP_NAMES)  # Prefect recorded each reuse

@@ -37,6 +37,6 @@ def test_tampered_record_is_refused_and_its_code_never_runs(cold, tmp_path):
     run = run_cli([*cold[1], "--store", str(store)], tmp_path, extra_env={"PYTHONPATH": f"{REPO}:{tmp_path}"})
     assert run.code == 0, run.output[-3000:]
     assert "unusable" in run.output and "evilpkg.decode" in run.output
-    # The refused record is not followed; the INT8 model, published under the same key, is found by its manifest.
+    # The refused record is not followed; the INT8 model is found by run_stage's note of its key.
     assert run.computed() == set() and run.summary["stages"]["quantize"]["artifact"] == quantized
     assert not marker.exists()
