@@ -146,7 +146,7 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | st
         if not (txn and txn.overwrite):
             ref = published(artifact_store, stage, txn.key if txn and txn.key else stage.key(params, inputs), inputs)
             if ref is not None:
-                get_run_logger().info(f"{step}: no usable cache record; reusing {stage.kind} {ref.short}, noted under this key")
+                get_run_logger().info(f"{step}: no usable cache record; reusing {stage.kind} {ref.short}, made under this key")
                 return Completed(data=ref, name=REUSED)  # Prefect writes the record from it
         return run_stage(stage, params, inputs, artifact_store, task_progress(stage))
 
