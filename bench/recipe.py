@@ -73,6 +73,11 @@ SST2: Variants = {
     # so a new teacher: these rows compare with each other, not with the ones above.
     "held-aug2": ([*HELD_OUT, "--augment-copies", "2", "--student-epochs", "1"], "aug2, validation held out by sentence"),
     "held-sent6": ([*HELD_OUT, *SENT6], "sent6, validation held out by sentence"),
+    # sent6 where half the variants swap one constituent for another sentence's: new
+    # sentence-level compositions for the teacher to label (tasks/augment.py). Same copies and
+    # epochs as held-sent6, so the two differ in the substitution alone.
+    "held-sub6": ([*HELD_OUT, *SENT6, "--augment-substitute-probability", "0.5"],
+                  "sent6 with half the variants swapping one constituent for another sentence's, validation held out by sentence"),
 }
 VARIANTS: dict[str, Variants] = {"emotion": EMOTION, "sst2": SST2}
 

@@ -30,6 +30,13 @@ the sentences alone (with `ngram_probability: 0`, so they keep their length) giv
 student sentence-length supervision. On data without sub-phrases (emotion's tweets)
 nearly every text is a sentence.
 
+`substitute_probability` swaps, before the word-level changes, one constituent of a
+text (a run of its words that is itself a training text, tasks/phrases.py) for the
+constituent of another text with about as many words ("the plot is thin" becomes "the
+score soars"): new sentences whose sentiment the teacher has to work out from their
+parts, in the spirit of Shi et al.'s (2021) substructure substitution. Only phrase-tree
+data has constituents; texts without any are left as they are.
+
 Variants equal to a training sentence or to each other are dropped. `copies: 0`
 (the default) writes an empty set and loads nothing.
 """
@@ -47,7 +54,7 @@ from artifacts.stage import Progress, Stage
 from tasks.encoding import MASK_PLACEHOLDER
 from tasks.formats import AUGMENTED, read_texts, write_augmented
 from tasks.models import packaged_minilm_path
-from tasks.phrases import full_sentences
+from tasks.phrases import Span, constituents, full_sentences
 
 
 class AugmentParams(BaseModel):
@@ -59,6 +66,8 @@ class AugmentParams(BaseModel):
     ngram_probability: float = Field(0.25, ge=0, le=1, description="chance that a variant keeps only a random window of words")
     max_ngram: int = Field(5, ge=1, le=64, description="longest window of words n-gram sampling keeps")
     neighbours: int = Field(10, ge=1, le=100, description="nearest words (packaged MiniLM input embeddings, cosine) a word may become")
+    substitute_probability: float = Field(
+        0.0, ge=0, le=1, description="chance that a variant swaps one of the text's constituents for another text's of about its length")
     source: Literal["every", "sentences"] = Field(
         "every", description="which training texts get variants: every one, or only the full sentences (no other training text contains them)")
     seed: int = Field(0, description="seed for the perturbations")
@@ -112,6 +121,34 @@ def perturb(words: list[str], params: AugmentParams, neighbours: Mapping[str, li
     return out
 
 
+class Substitutions:
+    """The constituents of the perturbed texts, and a pool of them by word count to swap in."""
+
+    SLACK = 2  # a swapped-in constituent has the replaced one's word count, give or take this
+
+    def __init__(self, texts: Sequence[str], indices: Sequence[int]):
+        self.spans = constituents(texts, indices)
+        pool: dict[int, set[str]] = {}
+        for index, spans in self.spans.items():
+            split = texts[index].split()
+            for a, b in spans:
+                pool.setdefault(b - a, set()).add(" ".join(split[a:b]))
+        self.by_length = {n: sorted(phrases) for n, phrases in pool.items()}  # sorted: the same draws every run
+
+    def swap(self, index: int, words: list[str], rng: np.random.Generator) -> list[str]:
+        """`words` (text `index`) with one constituent replaced by another of similar length."""
+        spans: list[Span] = self.spans.get(index, [])
+        if not spans:
+            return words
+        a, b = spans[int(rng.integers(len(spans)))]
+        current = " ".join(words[a:b])
+        options = [p for n in range(b - a - self.SLACK, b - a + self.SLACK + 1)
+                   for p in self.by_length.get(n, ()) if p != current]
+        if not options:
+            return words
+        return words[:a] + options[int(rng.integers(len(options)))].split() + words[b:]
+
+
 def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
     if params.copies == 0:
         write_augmented(out, [], [])
@@ -122,6 +159,9 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     neighbours = nearest_words(words, table, used, params.neighbours)
 
     perturbed = full_sentences(train) if params.source == "sentences" else range(len(train))
+    # Built only when asked for, and drawn from only then: sets made without substitution
+    # stay byte for byte what they were, and so do the soft labels computed from them.
+    substitutions = Substitutions(train, perturbed) if params.substitute_probability > 0 else None
     rng = np.random.default_rng(params.seed)
     seen = set(train)
     variants: list[str] = []
@@ -129,7 +169,10 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     for index in perturbed:
         split = train[index].split()
         for _ in range(params.copies):
-            variant = " ".join(perturb(split, params, neighbours, rng))
+            words = split
+            if substitutions is not None and rng.random() < params.substitute_probability:
+                words = substitutions.swap(index, split, rng)
+            variant = " ".join(perturb(words, params, neighbours, rng))
             if variant and variant not in seen:
                 seen.add(variant)
                 variants.append(variant)
@@ -147,7 +190,8 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     # set computed from one (an hour of teacher inference for SST-2). The manifest says more.
     (out / "augment.json").write_text(json.dumps(stats, indent=2))
     progress.info(f"augment_data: {len(variants)} new variants of {len(perturbed)} of the {len(train)} training texts")
-    return {**stats, "perturbed_texts": len(perturbed)}
+    extra = {"texts_with_constituents": len(substitutions.spans)} if substitutions is not None else {}
+    return {**stats, "perturbed_texts": len(perturbed), **extra}
 
 
 STAGE = Stage(

@@ -81,3 +81,26 @@ def sentence_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[
     held_set = set(held)
     train = [i for i in range(len(texts)) if i not in held_set and words[i] in covered]
     return held, train
+
+
+Span = tuple[int, int]  # word positions [start, end) of a phrase inside a text
+
+
+def constituents(texts: Sequence[str], indices: Sequence[int], min_words: int = 2) -> dict[int, list[Span]]:
+    """For each text in `indices`, the runs of its words that are other texts of `texts`.
+
+    In a phrase-tree data set those are the sentence's labelled constituents ("the plot
+    is thin" inside "the acting is superb but the plot is thin"), the units a
+    substitution can swap without breaking the sentence. Runs shorter than `min_words`
+    (single words) and the whole text are left out. Texts without any are absent.
+    """
+    words, lengths = _words_and_lengths(texts)
+    known = set(words)
+    found: dict[int, list[Span]] = {}
+    for index in indices:
+        text = words[index]
+        spans = [(a, a + n) for n in lengths if min_words <= n < len(text)
+                 for a in range(len(text) - n + 1) if text[a:a + n] in known]
+        if spans:
+            found[index] = spans
+    return found

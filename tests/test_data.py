@@ -10,7 +10,7 @@ from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import DATA_ROOT, EMOTION_LABELS, sst2_phrases, tree_state, write_emotion_slice
 from tasks import fetch
-from tasks.phrases import full_sentences, sentence_holdout
+from tasks.phrases import constituents, full_sentences, sentence_holdout
 from tasks.sources import DataParams, load_splits
 from tasks.errors import DistilleryError
 
@@ -173,6 +173,16 @@ def test_full_sentences_are_the_texts_no_other_text_contains(emotion_dir):
     assert all(phrases[k] not in phrases[j] for k in kept[:50] for j in kept if j != k)
     tweets = [line.rsplit(";", 1)[0] for line in (emotion_dir / "train.txt").read_text().splitlines()[1:501]]
     assert len(full_sentences(tweets)) > 480  # tweets are not one another's sub-phrases
+
+
+def test_constituents_are_the_runs_of_a_text_that_are_other_texts():
+    tree = ["a gorgeous , witty film", "gorgeous , witty", "witty", "witty film", "a dull film", "dull film",
+            "heart", "the art"]
+    found = constituents(tree, range(len(tree)))
+    # single words and the whole text are no constituents; "art" is not inside "heart"
+    assert found == {0: [(3, 5), (1, 4)], 4: [(1, 3)]}
+    assert [" ".join(tree[0].split()[a:b]) for a, b in found[0]] == ["witty film", "gorgeous , witty"]
+    assert constituents(tree, [4, 6]) == {4: [(1, 3)]}  # only the texts asked about
 
 
 def test_sentence_holdout_keeps_validation_sentences_and_their_own_phrases_out_of_train(tmp_path):

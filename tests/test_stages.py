@@ -18,7 +18,7 @@ from tasks.formats import open_tokens, read_soft_labels
 from tasks.measure import classification_report, interleaved_latency_ms, predictions
 from tasks.models import load_classifier, load_config, load_trained, shrink
 from tasks.onnx_runtime import onnx_logits, onnx_session
-from tasks.phrases import full_sentences
+from tasks.phrases import constituents, full_sentences
 from tasks.predictors import onnx_predictor, torch_predictor
 from tasks.sources import DataParams, load_splits
 from tasks.training import predict_logits
@@ -421,6 +421,41 @@ def test_sentence_source_perturbs_only_the_full_sentences(tmp_path):
     assert all(len(v.split()) == len(train[s].split()) for v, s in zip(variants, sources))  # sentence-length, not cut
     every = run_stage(augment.STAGE, params.model_copy(update={"source": "every"}), {"dataset": dataset}, store)
     assert store.manifest(every)["metrics"]["perturbed_texts"] == len(train) > len(sentences)
+
+
+def test_substitution_swaps_one_constituent_for_another_texts(tmp_path):
+    from tasks.formats import read_augmented, read_texts
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    folder = tmp_path / "sst2"
+    folder.mkdir()
+    lines = (DATA_ROOT / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(lines[:3000]) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\nit 's fine \t1\nbad movie \t0\n")
+    data = DataParams(source=str(folder), splits={"train": "train", "test": "dev"}, label_names=["negative", "positive"])
+    dataset = run_stage(fetch.STAGE, data, {}, store)
+    train = read_texts(store.open(dataset), "train")
+    only_swaps = augment.AugmentParams(copies=2, source="sentences", substitute_probability=1, mask_probability=0,
+                                       neighbour_probability=0, ngram_probability=0, seed=1)
+    made = run_stage(augment.STAGE, only_swaps, {"dataset": dataset}, store)
+    variants, sources = read_augmented(store.open(made))
+    assert store.manifest(made)["metrics"]["texts_with_constituents"] > 100
+    spans = constituents(train, full_sentences(train))
+    texts = {tuple(t.split()) for t in train}
+
+    def one_swap(old: list[str], new: list[str], source: int) -> bool:
+        """new is old with one constituent replaced by another training text of about its length."""
+        for a, b in spans[source]:
+            middle = tuple(new[a:len(new) - (len(old) - b)])
+            if (new[:a] == old[:a] and new[len(new) - (len(old) - b):] == old[b:] and middle in texts
+                    and middle != tuple(old[a:b]) and abs(len(middle) - (b - a)) <= augment.Substitutions.SLACK):
+                return True
+        return False
+
+    assert len(variants) > 100 and all(one_swap(train[s].split(), v.split(), s) for v, s in zip(variants, sources))
+    # without substitution the same parameters give other variants: each is its sentence, unchanged, so none
+    none = run_stage(augment.STAGE, only_swaps.model_copy(update={"substitute_probability": 0}), {"dataset": dataset}, store)
+    assert read_augmented(store.open(none))[0] == []
 
 
 def test_no_copies_writes_an_empty_set_and_reads_nothing(tmp_path):
