@@ -7,8 +7,16 @@ such as the checksum of a source file).
 The code fingerprint covers the stage's whole module and every project module it
 imports (transitively, within the packages in FINGERPRINT_PACKAGES), not only the
 task function's text as Prefect's TASK_SOURCE does: an edit to a helper changes the
-result, so it must change the key. Modules are hashed by their syntax tree, so edits
-to comments and layout do not count; docstrings, being part of the tree, do.
+result, so it must change the key. Modules are hashed by their syntax tree with the
+docstrings of modules, classes and functions removed, so edits to comments, layout and
+docstrings do not count (a reworded docstring of the training loop must not retrain a
+40-minute teacher).
+
+What still counts, on purpose: every other string, because the code cannot tell which
+strings reach an artifact. Error and log messages are among them (an edit to one
+reruns its stage), and so are pydantic `Field(description=...)` texts; telling those
+apart from strings that change behaviour (a label, a file name, a format) would need
+a judgement the hash cannot make safely. Type annotations count too.
 """
 
 from __future__ import annotations
@@ -64,6 +72,17 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """The tree with each module, class and function docstring dropped (a body left empty gets `pass`)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
 def _project_imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -97,7 +116,7 @@ def _module_code(name: str) -> tuple[str, frozenset[str]]:
     if path is None:
         raise ValueError(f"cannot fingerprint module {name!r}: no Python source found")
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    return sha256_text(ast.dump(tree)), frozenset(_project_imports(tree, name, path.name == "__init__.py"))
+    return sha256_text(ast.dump(_without_docstrings(tree))), frozenset(_project_imports(tree, name, path.name == "__init__.py"))
 
 
 def snapshot_loaded_code() -> None:

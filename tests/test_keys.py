@@ -56,6 +56,21 @@ def test_comment_and_layout_edits_do_not_count(fake_tasks_package):
     assert code_fingerprint(["tasks.stage_mod"]) == before
 
 
+def test_docstring_edits_do_not_count_but_strings_in_the_code_do(fake_tasks_package):
+    module = fake_tasks_package / "helpers.py"
+    module.write_text('"""Helpers."""\n\nclass Scaler:\n    """Scales."""\n\n\n'
+                      'def scale(x):\n    """Doubles x."""\n    return x * 2\n\n\ndef message():\n    return "bad input"\n')
+    forget_code()
+    before = code_fingerprint(["tasks.stage_mod"])
+    module.write_text(module.read_text().replace("Helpers.", "Helpers for issue 12.").replace("Scales.", "Scales things.")
+                      .replace("Doubles x.", "Doubles x, see the README."))
+    forget_code()
+    assert code_fingerprint(["tasks.stage_mod"]) == before
+    module.write_text(module.read_text().replace('"bad input"', '"bad input: fix it"'))
+    forget_code()
+    assert code_fingerprint(["tasks.stage_mod"]) != before  # an error message may reach an artifact
+
+
 def every_stage():
     from flows.pipeline import STAGES
     from tasks import qat, report
