@@ -28,6 +28,7 @@ from flows.config import SECTIONS, PipelineConfig
 from flows.laptop_server import LaptopServer, quiet_defaults
 from flows.presets import GENERIC, PRESETS, Overrides, build_config
 from tasks.errors import DistilleryError
+from tasks.measure import gap_words
 
 # Short names for the flags people type most.
 ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}
@@ -207,6 +208,13 @@ def format_table(summary: dict) -> str:
     for name, m in summary["metrics"].items():
         lines.append(f"{name:<14} {m['accuracy']:>8.4f} {m['macro_f1']:>8.4f} {m['latency_p50_ms']:>8.2f} "
                      f"{m['latency_p95_ms']:>8.2f} {m['size_bytes'] / 1e6:>7.1f}")
+    gap = summary["shortfall"]
+    lines.append("")
+    lines.append(f"INT8 student on validation: {gap_words(gap['accuracy_gap_points'], gap['macro_f1_gap'])}; worst class "
+                 f"{gap['worst_class']['label']!r} F1 {gap['worst_class']['student_f1']:.3f} against "
+                 f"{gap['worst_class']['teacher_f1']:.3f}")
+    for reason in gap["reasons"]:
+        lines.append(f"WARNING: the INT8 student falls short of its teacher: {reason}")
     lines.append("")
     lines.append(f"report: {summary['report']['location']}/report.md")
     return "\n".join(lines)

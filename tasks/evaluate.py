@@ -5,6 +5,10 @@ teacher's, the student and its INT8 model on the student's (tasks/measure.py doe
 all the scoring and timing). Speed is batch-1 latency (p50/p95) over the same test
 sentences at their real lengths, the way a service sees single requests, after a
 warm-up; all models run on the same threads and are timed in turns.
+
+It also scores the teacher and the INT8 student on validation and says how far the
+student falls short there (`shortfall`): validation, not test, because it is the split
+a user may act on (retrain, change the recipe) without spoiling the test figures.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import EVALUATION, open_tokens
-from tasks.measure import interleaved_latency_ms, quality
+from tasks.measure import interleaved_latency_ms, quality, shortfall
 from tasks.predictors import onnx_predictor, torch_predictor
 
 MODELS = ("teacher", "student", "student_int8")
@@ -33,6 +37,8 @@ class EvaluateParams(BaseModel):
     rounds: int = Field(3, ge=1, description="turns in which the models are timed one after another; each reports its median round")
     threads: int | None = Field(None, ge=1, description="CPU threads for every model (default: all cores)")
     seed: int = Field(42, description="seed for picking the latency sentences")
+    shortfall_accuracy_points: float = Field(1.0, ge=0, le=100, description="flag the INT8 student when its validation accuracy is more than this many points below the teacher's")
+    shortfall_class_f1: float = Field(0.10, ge=0, le=1, description="flag the INT8 student when any class's validation F1 is more than this below the teacher's")
 
 
 def build_evaluation(params: EvaluateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -66,6 +72,17 @@ def build_evaluation(params: EvaluateParams, inputs: Mapping[str, Path], out: Pa
             m = report["models"][name]
             progress.info(f"evaluate: {name} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} "
                           f"p50 {m['latency_p50_ms']:.2f} ms")
+        validation = {name: tokens[name].split("validation") for name in ("teacher", "student_int8")}
+        on_validation = {name: quality(predictors[name][0], validation[name][0], validation[name][1], len(names),
+                                       tokens[name].spec.pad_id) for name in validation}
+        report["shortfall"] = {"split": "validation", "rows": len(validation["teacher"][1]),
+                               "teacher": {k: on_validation["teacher"][k] for k in ("accuracy", "macro_f1", "per_class_f1")},
+                               "student_int8": {k: on_validation["student_int8"][k] for k in ("accuracy", "macro_f1", "per_class_f1")},
+                               **shortfall(on_validation["teacher"], on_validation["student_int8"], names,
+                                           params.shortfall_accuracy_points, params.shortfall_class_f1)}
+        if report["shortfall"]["flagged"]:
+            progress.info("evaluate: WARNING the INT8 student falls short of its teacher on validation: "
+                          + "; ".join(report["shortfall"]["reasons"]))
     finally:
         torch.set_num_threads(previous_threads)
     (out / "metrics.json").write_text(json.dumps(report, indent=2))

@@ -95,3 +95,36 @@ def interleaved_latency_ms(predictors: dict[str, Predict], sentences: dict[str, 
                    "latency_p95_ms": round(float(np.median([r["latency_p95_ms"] for r in runs])), 3),
                    "latency_p50_rounds_ms": [r["latency_p50_ms"] for r in runs]}
             for name, runs in measured.items()}
+
+
+def gap_words(points: float, f1: float) -> str:
+    """`accuracy_gap_points` and `macro_f1_gap` (teacher minus student) in words."""
+    side = "below" if points > 0 else "above" if points < 0 else "level with"
+    return f"accuracy {abs(points):.2f} points {side} the teacher, macro-F1 {-f1:+.4f} against it"
+
+
+def shortfall(teacher: dict, student: dict, labels: Sequence[str], accuracy_points: float, class_f1: float) -> dict:
+    """How far the student falls below its teacher on the same rows (two `classification_report`s).
+
+    Flagged when accuracy drops more than `accuracy_points` (percentage points), or any
+    class's F1 more than `class_f1` below the teacher's: a student that never predicts a
+    rare class can hide behind a small accuracy gap.
+    """
+    class_gaps = [t - s for t, s in zip(teacher["per_class_f1"], student["per_class_f1"])]
+    worst = int(np.argmax(class_gaps))
+    result = {
+        "accuracy_gap_points": round(100 * (teacher["accuracy"] - student["accuracy"]), 3),
+        "macro_f1_gap": round(teacher["macro_f1"] - student["macro_f1"], 5),
+        "worst_class": {"label": labels[worst], "teacher_f1": round(teacher["per_class_f1"][worst], 5),
+                        "student_f1": round(student["per_class_f1"][worst], 5), "gap": round(class_gaps[worst], 5)},
+        "limits": {"accuracy_points": accuracy_points, "class_f1": class_f1},
+    }
+    reasons = []
+    if result["accuracy_gap_points"] > accuracy_points:
+        reasons.append(f"accuracy {result['accuracy_gap_points']:.2f} points below the teacher (limit {accuracy_points:g})")
+    for label, gap, t, s in zip(labels, class_gaps, teacher["per_class_f1"], student["per_class_f1"]):
+        if gap > class_f1:
+            reasons.append(f"class {label!r} F1 {s:.3f} against the teacher's {t:.3f} (more than {class_f1:g} below)")
+    result["flagged"] = bool(reasons)
+    result["reasons"] = reasons
+    return result

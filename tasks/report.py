@@ -112,6 +112,33 @@ def report_title(workload: str, smoke: bool) -> str:
     return f"distillery report: {workload}" + (f" ({SMOKE_NOTE})" if smoke else "")
 
 
+def shortfall_section(evaluation: dict) -> list[str]:
+    """The INT8 student against its teacher on validation; a loud heading when it falls short."""
+    gap = evaluation.get("shortfall")
+    if gap is None:  # an evaluation made before shortfalls were measured
+        return []
+    worst = gap["worst_class"]
+    heading = ("## WARNING: the INT8 student falls short of its teacher" if gap["flagged"]
+               else "## The INT8 student against its teacher")
+    lines = ["", heading, "",
+             f"On validation ({gap['rows']} rows): accuracy {gap['student_int8']['accuracy']:.2%} against the teacher's "
+             f"{gap['teacher']['accuracy']:.2%}, macro-F1 "
+             f"{gap['student_int8']['macro_f1']:.4f} against {gap['teacher']['macro_f1']:.4f}; worst class "
+             f"{markdown_text(worst['label'])}: F1 {worst['student_f1']:.3f} against {worst['teacher_f1']:.3f}. "
+             f"Flagged beyond {gap['limits']['accuracy_points']:g} accuracy points below the teacher, or any class's F1 "
+             f"more than {gap['limits']['class_f1']:g} below."]
+    if gap["flagged"]:
+        lines += [""] + [f"- {markdown_text(reason)}" for reason in gap["reasons"]]
+        lines += ["", "A longer student schedule (--student-min-steps), more augmented copies, or class-balanced "
+                      "training may close it; see docs/ for what was measured."]
+    return lines
+
+
+def markdown_text(text: str) -> str:
+    """Text safe inside a markdown table or line: no pipes, no line breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
 def markdown_report(params: ReportParams, evaluation: dict) -> str:
     names = evaluation["labels"]
     models = evaluation["models"]
@@ -130,6 +157,7 @@ def markdown_report(params: ReportParams, evaluation: dict) -> str:
     for row in readable_model_rows(model_rows(evaluation)):
         lines.append("| " + " | ".join(row.values()) + " |")
     lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
+    lines += shortfall_section(evaluation)
     lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]
     for i, label in enumerate(names):

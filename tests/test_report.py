@@ -49,6 +49,12 @@ def test_cold_run_report_holds_every_model_class_and_stage(cold):
     for stage in STEP_NAMES:
         assert f"| {stage} | computed |" in report
     assert "10 of 10 stages computed" in report
+    # the INT8 student against its teacher on validation, in the report, the summary and the printed table
+    gap = evaluation["shortfall"]
+    assert gap["split"] == "validation" and run.summary["shortfall"]["flagged"] == gap["flagged"]
+    assert f"accuracy {gap['student_int8']['accuracy']:.2%} against the teacher's {gap['teacher']['accuracy']:.2%}" in report
+    assert ("## WARNING: the INT8 student falls short of its teacher" in report) == gap["flagged"]
+    assert f"worst class {gap['worst_class']['label']!r}" in run.output
     for plot in PLOTS:
         assert f"({plot}.png)" in report
         with Image.open(folder / f"{plot}.png") as image:
@@ -253,3 +259,36 @@ def test_log_ticks_bracket_any_range_and_refuse_what_a_log_axis_cannot_show():
     for low, high in ((0, 1), (-1, 2), (2, 1), (1, float("inf")), (float("nan"), 1)):
         with pytest.raises(ValueError, match="log axis needs"):
             log_ticks(low, high)
+
+
+def test_shortfall_names_the_accuracy_gap_and_each_class_that_collapses():
+    from tasks.measure import classification_report, shortfall
+
+    labels = np.array([0] * 50 + [1] * 45 + [2] * 5)
+    teacher = classification_report(labels, labels, 3)  # perfect
+    student_predicted = labels.copy()
+    student_predicted[95:] = 0  # never predicts the rare class
+    student = classification_report(student_predicted, labels, 3)
+    gap = shortfall(teacher, student, ["a", "b", "rare"], accuracy_points=1.0, class_f1=0.10)
+    assert gap["accuracy_gap_points"] == pytest.approx(5.0) and gap["flagged"]
+    assert gap["worst_class"] == {"label": "rare", "teacher_f1": 1.0, "student_f1": 0.0, "gap": 1.0}
+    assert gap["reasons"] == ["accuracy 5.00 points below the teacher (limit 1)",
+                              "class 'rare' F1 0.000 against the teacher's 1.000 (more than 0.1 below)"]
+    close = student_predicted.copy()
+    close[95:99] = 2  # four of five rare rows back: 1 point, F1 0.889 for the rare class
+    gap = shortfall(teacher, classification_report(close, labels, 3), ["a", "b", "rare"], 1.0, 0.12)
+    assert not gap["flagged"] and gap["reasons"] == []
+
+
+def test_report_warns_loudly_only_when_the_student_falls_short():
+    from tasks.measure import classification_report, shortfall
+
+    labels = np.array([0, 0, 1, 1, 2])
+    base = {k: v for k, v in SMOKE_RUN.items()}
+    for predicted, flagged in ((labels, False), (np.array([0, 0, 1, 1, 0]), True)):
+        teacher, student = classification_report(labels, labels, 3), classification_report(predicted, labels, 3)
+        evaluation = {**base, "shortfall": {"split": "validation", "rows": 5, "teacher": teacher, "student_int8": student,
+                                            **shortfall(teacher, student, ["a", "b", "x|y"], 1.0, 0.1)}}
+        report = markdown_report(ReportParams(workload="emotion", stages={}), evaluation)
+        assert ("## WARNING: the INT8 student falls short of its teacher" in report) == flagged
+        assert "x\\|y" in report or not flagged  # a pipe in a label does not break the line
