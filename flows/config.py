@@ -9,6 +9,7 @@ from pydantic_core import PydanticCustomError
 
 from tasks.augment import AugmentParams
 from tasks.distil import FROM_TEACHER, StudentParams
+from tasks.distil import layer_losses as distil_layer_losses
 from tasks.errors import DistilleryError
 from tasks.evaluate import EvaluateParams
 from tasks.export import ExportParams
@@ -65,15 +66,15 @@ class PipelineConfig(BaseModel):
             raise PydanticCustomError("workload_name", str(exc)) from None
 
     def check(self) -> None:
-        """Checks across sections that pydantic cannot phrase as flags; DistilleryError if one fails."""
-        # Hidden states are compared token by token: with two tokenizers the positions
-        # do not correspond, so the loss would teach noise.
-        if self.student.hidden_weight > 0 and not self.shared_tokenizer:
+        """Checks across sections that pydantic cannot phrase as flags; DistilleryError if one fails.
+
+        Whether layer-to-layer losses can run needs the tokenizers and models loaded:
+        flows/pipeline.py `preflight` checks that, before any work."""
+        if self.student.layer_map is not None and not distil_layer_losses(self.student):
             raise DistilleryError(
-                f"--student-hidden-weight {self.student.hidden_weight:g} matches hidden states token by token, but the "
-                f"student (--student-init {self.student.init}) reads the tokenizer of {self.student_tokenizer!r} and the "
-                f"teacher (--teacher {self.teacher.model}) that of {self.teacher_tokenizer!r}: use --student-hidden-weight 0, "
-                f"or --student-init {FROM_TEACHER} (or a student with the teacher's tokenizer)")
+                f"--student-layer-map {','.join(map(str, self.student.layer_map))} maps student layers to teacher layers for "
+                f"the layer losses, but all of them are off: set --student-hidden-weight, --student-attention-weight or "
+                f"--student-embedding-weight above 0, or drop --student-layer-map")
 
     @property
     def teacher_tokenizer(self) -> str:

@@ -49,6 +49,7 @@ from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
 from flows.publish import artifact_key, publish_report, write_report
 from tasks import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
+from tasks.alignment import vocabulary_alignment
 from tasks.errors import DistilleryError
 from tasks.formats import read_evaluation
 from tasks.models import check_weights, load_config, load_tokenizer
@@ -83,9 +84,25 @@ def preflight(config: PipelineConfig) -> None:
             load_tokenizer(config.student_tokenizer)
         except DistilleryError as exc:
             raise DistilleryError(f"--student-init {config.student.init}: its tokenizer cannot be loaded: {exc}") from None
-    distil.student_layers(config.student, init_config.num_hidden_layers)
+    kept = distil.student_layers(config.student, init_config.num_hidden_layers)
+    if distil.layer_losses(config.student):
+        check_layer_losses(config, kept)
     if not is_hub_id(config.data.source):
         load_splits(config.data)  # reads and checks every split (seconds); Hub sources are checked by fetch_dataset
+
+
+def check_layer_losses(config: PipelineConfig, kept_layers: list[int]) -> None:
+    """Layer-to-layer losses need tokens that line up with the teacher's and a layer map that fits both models."""
+    if not config.shared_tokenizer:
+        overlap = vocabulary_alignment(load_tokenizer(config.teacher_tokenizer), load_tokenizer(config.student_tokenizer))
+        if not overlap["aligned"]:
+            raise DistilleryError(
+                f"layer-to-layer distillation (--student-hidden-weight, --student-attention-weight, --student-embedding-weight) "
+                f"compares the two models position by position, but the teacher's tokenizer ({config.teacher_tokenizer!r}) "
+                f"holds only {overlap['shared_share']:.1%} of the pieces of the student's ({config.student_tokenizer!r}), so "
+                f"they cut text differently: set those weights to 0, or pick a student whose tokenizer the teacher shares "
+                f"(--student-init {distil.FROM_TEACHER}, or minilm with the mpnet teacher)")
+    distil.layer_map_of(config.student, kept_layers, load_config(config.teacher.model).num_hidden_layers)
 
 
 def records_storage(store: ArtifactStore) -> Path | str:
@@ -178,7 +195,7 @@ def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
     augmented = call("augment_data", AUGMENT_DATA, config.augment, dataset=dataset)
     soft = call("soft_labels", SOFT_LABELS, config.soft_labels, tokens=teacher_tokens, teacher=teacher_model, augmented=augmented)
     student_model = call("distil_student", DISTIL_STUDENT, config.student, tokens=student_tokens, soft_labels=soft,
-                         augmented=augmented, teacher=teacher_model)
+                         augmented=augmented, teacher=teacher_model, teacher_tokens=teacher_tokens)
     student_onnx = call("export_onnx", EXPORT_ONNX, config.export, model=student_model, tokens=student_tokens)
     if config.quantize.method == "qat":
         student_int8 = call("qat_student", QAT_STUDENT, config.qat, tokens=student_tokens, student=student_model)
@@ -283,12 +300,16 @@ def distillery(
     artifacts.set_alias(f"{config.name}/report", run_report)
     location = publish_report(config.name, artifacts, run_report, smoke=smoke)
     results = read_evaluation(artifacts.open(evaluation))
+    if results["shortfall"]["flagged"]:
+        get_run_logger().warning("the INT8 student falls short of its teacher on validation: "
+                                 + "; ".join(results["shortfall"]["reasons"]))
     record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
                                               steps={step: s["artifact"] for step, s in stage.stages.items()},
                                               labels=results["labels"]))
     artifacts.set_alias(f"{config.name}/latest", record)
     return {"workload": config.name, "preset": workload, "labels": results["labels"], "flow_run": flow_run,
-            "stages": stage.stages, "metrics": results["models"], "store": artifacts.root, "run": record.digest,
+            "stages": stage.stages, "metrics": results["models"], "shortfall": results["shortfall"],
+            "store": artifacts.root, "run": record.digest,
             "report": {"artifact": run_report.digest, "location": location}}
 
 

@@ -125,16 +125,20 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
 
 
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
-    run = run_with_edit(cold, tmp_path, "distil.py", "        soft = F.mse_loss(student_logits, teacher_logits)",
-                        "        soft = 0.5 * F.mse_loss(student_logits, teacher_logits)")
+    run = run_with_edit(cold, tmp_path, "distil.py", "        soft = ((student_logits - teacher_logits) ** 2).mean(-1)",
+                        "        soft = 0.5 * ((student_logits - teacher_logits) ** 2).mean(-1)")
     assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
 
 
-def test_comment_edit_recomputes_nothing(cold, tmp_path):
+def test_comment_and_docstring_edits_recompute_nothing(cold, tmp_path):
     project = copy_project(tmp_path / "project")
     for name in ("teacher.py", "formats.py", "measure.py"):
         module = project / "tasks" / name
         module.write_text(module.read_text() + "\n# a comment changes no behaviour\n")
+    training = project / "tasks" / "training.py"  # the loop every model trains with
+    old = '"""Train in place; returns the history.'
+    assert old in training.read_text(), "the docstring to edit in training.py moved; update this test"
+    training.write_text(training.read_text().replace(old, '"""Train the model in place and return its history.'))
     store = store_copy(cold, tmp_path)
     run = run_cli([*cold[1], "--store", str(store)], tmp_path, project=project)
     assert run.code == 0 and run.computed() == set(), run.output[-3000:]

@@ -42,7 +42,7 @@ FLAG_CASES = {
     "student deeper than its init": (["--student-layers", "0,1,2"], "do not fit student init 'tiny', which has 2 layers", "--student-layers"),
     "student layers outside minilm": (["--student-init", "minilm", "--student-layers", "0,6"], "which has 6 layers", "--student-layers 0,2,4"),
     "student cut from a teacher too shallow": (["--student-init", "teacher", "--student-layers", "0,2"], "do not fit the teacher", "--student-layers"),
-    "hidden states across tokenizers": (["--student-hidden-weight", "1"], "matches hidden states token by token", "--student-hidden-weight 0"),
+    "hidden states across tokenizers": (["--student-hidden-weight", "1"], "they cut text differently", "set those weights to 0"),
     "unknown student init offline": (["--student-init", "nobody/no-such-student"], "Hugging Face Hub", "'minilm'"),
     "student layers out of order": (["--student-layers", "1,0"], "distinct, ascending", "--student-layers"),
     "missing model folder": (["--teacher", "./no-such-checkpoint"], "does not exist", "'minilm'"),
