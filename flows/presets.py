@@ -28,6 +28,17 @@ SST2_LABELS = ["negative", "positive"]
 TEACHER = "mpnet"
 STUDENT = {"init": "minilm", "layers": [0, 2, 4]}
 
+# The schedule adapts to the data set's size (what it does for 5k, 16k and 60k rows is in
+# docs/reference.md): augmentation aims at 48,000 distillation texts (emotion's 16,000
+# tweets and two variants each), at most 8 variants per text; the teacher trains at least
+# 600 and at most 2,000 steps, the student at least 2,000; both keep their best weights of
+# a few validation checks.
+SCHEDULE = {
+    "teacher": {"min_steps": 600, "max_steps": 2000, "validations": 3},
+    "augment": {"min_texts": 48_000, "max_copies": 8},
+    "student": {"min_steps": 2000, "validations": 4},
+}
+
 
 def emotion() -> PipelineConfig:
     """dair-ai/emotion: fine-tune MPNet (3 epochs, lr 5e-5: a 1-epoch probe reached only
@@ -41,9 +52,9 @@ def emotion() -> PipelineConfig:
     return PipelineConfig.model_validate({
         "name": "emotion",
         "data": {"source": "dair-ai/emotion", "label_names": EMOTION_LABELS},
-        "teacher": {"model": TEACHER, "epochs": 3, "learning_rate": 5e-5},
-        "augment": {"copies": 2},
-        "student": {**STUDENT, "epochs": 1.5, "learning_rate": 1e-4},
+        "teacher": {"model": TEACHER, "epochs": 3, "learning_rate": 5e-5, **SCHEDULE["teacher"]},
+        "augment": {"copies": 2, **SCHEDULE["augment"]},
+        "student": {**STUDENT, "epochs": 1.5, "learning_rate": 1e-4, **SCHEDULE["student"]},
     })
 
 
@@ -62,9 +73,9 @@ def sst2() -> PipelineConfig:
     return PipelineConfig.model_validate({
         "name": "sst2",
         "data": {"source": "stanfordnlp/sst2", "label_names": SST2_LABELS, "splits": {"train": "train", "test": "dev"}},
-        "teacher": {"model": TEACHER, "epochs": 0.5, "learning_rate": 5e-5},
-        "augment": {"copies": 2},
-        "student": {**STUDENT, "epochs": 1, "learning_rate": 1e-4},
+        "teacher": {"model": TEACHER, "epochs": 0.5, "learning_rate": 5e-5, **SCHEDULE["teacher"]},
+        "augment": {"copies": 2, **SCHEDULE["augment"]},
+        "student": {**STUDENT, "epochs": 1, "learning_rate": 1e-4, **SCHEDULE["student"]},
     })
 
 
@@ -73,8 +84,9 @@ NO_SOURCE = ""  # the generic preset's data source: --data must give one
 
 
 def generic() -> PipelineConfig:
-    """Any labelled text data set: the emotion preset's models and hyper-parameters, no
-    data source and no label names (they are read off the training split, sorted)."""
+    """Any labelled text data set: the emotion preset's models, hyper-parameters and
+    adaptive schedule (SCHEDULE), no data source and no label names (they are read off
+    the training split, sorted)."""
     base = emotion()
     return base.model_validate({**base.model_dump(), "name": GENERIC,
                                 "data": {"source": NO_SOURCE, "label_names": None}})
@@ -90,10 +102,12 @@ def smoke_sized(full: PipelineConfig) -> PipelineConfig:
     return full.model_validate({
         **full.model_dump(),
         "data": {**full.data.model_dump(), "max_train_rows": 600, "max_eval_rows": 150},
-        "teacher": {**full.teacher.model_dump(), "model": "tiny-mpnet", "epochs": 3, "learning_rate": 2e-3, "batch_size": 16},
-        "student": {**full.student.model_dump(), "init": "tiny", "layers": None, "epochs": 2, "learning_rate": 2e-3, "batch_size": 16},
+        "teacher": {**full.teacher.model_dump(), "model": "tiny-mpnet", "epochs": 3, "learning_rate": 2e-3, "batch_size": 16,
+                    "min_steps": 0},
+        "student": {**full.student.model_dump(), "init": "tiny", "layers": None, "epochs": 2, "learning_rate": 2e-3, "batch_size": 16,
+                    "min_steps": 0},
         # Augmentation off: it triples the student's data, and tests/test_stages.py covers it.
-        "augment": {**full.augment.model_dump(), "copies": 0},
+        "augment": {**full.augment.model_dump(), "copies": 0, "min_texts": 0},
         "quantize": {**full.quantize.model_dump(), "calibration_samples": 64},
         "evaluate": {**full.evaluate.model_dump(), "latency_sentences": 30, "warmup": 3},
         "export": {**full.export.model_dump(), "parity_examples": 16},

@@ -70,7 +70,17 @@ class AugmentParams(BaseModel):
         0.0, ge=0, le=1, description="chance that a variant swaps one of the text's constituents for another text's of about its length")
     source: Literal["every", "sentences"] = Field(
         "every", description="which training texts get variants: every one, or only the full sentences (no other training text contains them)")
+    min_texts: int = Field(0, ge=0, le=5_000_000, description="least texts in the distillation set (training texts and variants): a smaller data set gets more variants per text, up to max_copies; 0: copies decides")
+    max_copies: int = Field(8, ge=0, le=50, description="most variants per text that min_texts may ask for")
     seed: int = Field(0, description="seed for the perturbations")
+
+
+def copies_for(params: AugmentParams, training_texts: int) -> int:
+    """Variants tried per text: `copies`, raised towards `min_texts` in all, at most `max_copies`."""
+    if not params.min_texts or not training_texts:
+        return params.copies
+    wanted = -(-params.min_texts // training_texts) - 1  # ceil(min_texts / rows) - 1 variants per text
+    return max(params.copies, min(params.max_copies, wanted))
 
 
 def word_table() -> tuple[list[str], np.ndarray]:
@@ -150,10 +160,11 @@ class Substitutions:
 
 
 def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
-    if params.copies == 0:
+    train = read_texts(inputs["dataset"], "train") if params.copies or params.min_texts else []
+    copies = copies_for(params, len(train))
+    if copies == 0:
         write_augmented(out, [], [])
         return {"rows": 0}
-    train = read_texts(inputs["dataset"], "train")
     words, table = word_table()
     used = sorted({w.lower() for text in train for w in text.split()})
     neighbours = nearest_words(words, table, used, params.neighbours)
@@ -168,7 +179,7 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     sources: list[int] = []
     for index in perturbed:
         split = train[index].split()
-        for _ in range(params.copies):
+        for _ in range(copies):
             words = split
             if substitutions is not None and rng.random() < params.substitute_probability:
                 words = substitutions.swap(index, split, rng)
@@ -180,8 +191,8 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     write_augmented(out, variants, sources)
     stats = {
         "rows": len(variants),
-        "tried": len(perturbed) * params.copies,
-        "duplicates_dropped": len(perturbed) * params.copies - len(variants),
+        "tried": len(perturbed) * copies,
+        "duplicates_dropped": len(perturbed) * copies - len(variants),
         "mean_words": round(float(np.mean([len(v.split()) for v in variants])), 2) if variants else 0.0,
         "words_with_neighbours": len(neighbours),
     }
@@ -191,7 +202,7 @@ def build_augmented(params: AugmentParams, inputs: Mapping[str, Path], out: Path
     (out / "augment.json").write_text(json.dumps(stats, indent=2))
     progress.info(f"augment_data: {len(variants)} new variants of {len(perturbed)} of the {len(train)} training texts")
     extra = {"texts_with_constituents": len(substitutions.spans)} if substitutions is not None else {}
-    return {**stats, "perturbed_texts": len(perturbed), **extra}
+    return {**stats, "perturbed_texts": len(perturbed), "copies": copies, **extra}
 
 
 STAGE = Stage(

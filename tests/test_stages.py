@@ -39,7 +39,7 @@ def teacher_labels(store, refs, augmented_ref=None) -> ArtifactStore:
 
 def student_inputs(refs: dict, **changed) -> dict:
     return {"tokens": refs["tokens"], "soft_labels": refs["soft_labels"], "augmented": refs["augmented"],
-            "teacher": refs["teacher"], **changed}
+            "teacher": refs["teacher"], "teacher_tokens": refs["tokens"], **changed}
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +138,18 @@ def test_distillation_losses(loss, weight):
 
 
 def test_hidden_state_loss_compares_copied_layers_over_real_tokens_only():
+    from tasks.layer_distillation import hidden_loss
+
     torch.manual_seed(0)
+    same = torch.nn.Identity()
     teacher_hidden = [torch.randn(2, 5, 8) for _ in range(5)]  # embeddings + 4 layers
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     student_hidden = [teacher_hidden[0], teacher_hidden[1], teacher_hidden[3]]  # layers [0, 2]
-    assert distil.hidden_state_loss(student_hidden, teacher_hidden, [0, 2], mask).item() == 0
+    assert hidden_loss(student_hidden, teacher_hidden, [0, 2], same, mask).item() == 0
     padded_changed = [h.clone() for h in student_hidden]
     padded_changed[2][0, 3:] += 10  # only padding positions differ
-    assert distil.hidden_state_loss(padded_changed, teacher_hidden, [0, 2], mask).item() == 0
-    assert distil.hidden_state_loss(student_hidden, teacher_hidden, [1, 2], mask).item() > 0.5
+    assert hidden_loss(padded_changed, teacher_hidden, [0, 2], same, mask).item() == 0
+    assert hidden_loss(student_hidden, teacher_hidden, [1, 2], same, mask).item() > 0.5
 
 
 def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(pipeline):
@@ -160,7 +163,9 @@ def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(p
         with torch.no_grad():
             s = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
             t = teacher_model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        return distil.hidden_state_loss(s, t, [0], mask).item()
+        from tasks.layer_distillation import hidden_loss
+
+        return hidden_loss(s, t, [0], torch.nn.Identity(), mask).item()
 
     matched = run_stage(distil.STAGE, distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16, hidden_weight=5.0),
                         student_inputs(refs), store)
@@ -176,8 +181,9 @@ def test_student_deeper_than_its_init_model_is_refused():
     with pytest.raises(ValueError, match="distinct, ascending"):
         distil.StudentParams(layers=[2, 0])
     assert distil.student_layers(distil.StudentParams(), 6) == [0, 2, 4]
-    assert [distil.teacher_layer_of(layer, 6, 12) for layer in (0, 2, 4)] == [1, 5, 9]  # same relative depth
-    assert [distil.teacher_layer_of(layer, 6, 6) for layer in (0, 2, 4)] == [0, 2, 4]
+    # the teacher layers they match: the copied ones when cut from the teacher, else uniform
+    assert distil.layer_map_of(distil.StudentParams(), [0, 2, 4], 6) == [0, 2, 4]
+    assert distil.layer_map_of(distil.StudentParams(init="minilm"), [0, 2, 4], 12) == [3, 7, 11]
 
 
 def test_onnx_export_matches_pytorch_at_any_batch_and_length(pipeline):
@@ -640,7 +646,7 @@ def mpnet(pipeline):
                                     {"tokens": made["teacher_tokens"], "teacher": made["teacher"], "augmented": refs["augmented"]}, store)
     made["student"] = run_stage(distil.STAGE, distil.StudentParams(init="tiny", epochs=8, learning_rate=3e-3, batch_size=16),
                                 {"tokens": refs["tokens"], "soft_labels": made["soft_labels"], "augmented": refs["augmented"],
-                                 "teacher": made["teacher"]}, store)
+                                 "teacher": made["teacher"], "teacher_tokens": made["teacher_tokens"]}, store)
     return store, made
 
 
@@ -681,3 +687,21 @@ def test_mpnet_exports_to_a_plain_onnx_graph_that_matches_pytorch(mpnet):
     ref = run_stage(export.STAGE, export.ExportParams(), {"model": made["teacher"], "tokens": made["teacher_tokens"]}, store)
     metrics = store.manifest(ref)["metrics"]
     assert metrics["fused"] is False and metrics["parity_max_abs_diff"] < 1e-3
+
+
+def test_augmentation_copies_grow_for_a_small_data_set_within_their_cap():
+    scaled = augment.AugmentParams(copies=2, min_texts=48_000, max_copies=8)
+    assert augment.copies_for(scaled, 16_000) == 2  # emotion's size: two variants give 48,000 texts
+    assert augment.copies_for(scaled, 9_600) == 4
+    assert augment.copies_for(scaled, 4_900) == 8  # would want 9: capped
+    assert augment.copies_for(scaled, 60_000) == 2  # never fewer than asked
+    assert augment.copies_for(augment.AugmentParams(copies=2), 100) == 2  # no floor: copies decides
+
+
+def test_a_small_data_set_gets_more_variants_per_text(tmp_path, emotion_dir):
+    store = ArtifactStore(tmp_path / "store")
+    folder = write_emotion_slice(emotion_dir, tmp_path / "emotion", {"train": 100, "val": 20, "test": 20})
+    dataset = run_stage(fetch.STAGE, DataParams(source=str(folder), label_names=EMOTION_LABELS), {}, store)
+    made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, min_texts=500, max_copies=8), {"dataset": dataset}, store)
+    metrics = store.manifest(made)["metrics"]
+    assert metrics["copies"] == 4 and metrics["tried"] == 400 and metrics["rows"] > 300
