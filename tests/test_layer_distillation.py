@@ -227,3 +227,17 @@ def test_a_student_whose_rows_do_not_align_is_refused_in_the_stage(shifted_teach
     with pytest.raises(DistilleryError, match="tokenize into the teacher's pieces"):
         run_stage(distil.STAGE, student_params(hidden_weight=1.0), inputs, store)
     assert tree_state(Path(store.path) / "objects") == before
+
+
+def test_class_balance_weights_rare_classes_up_and_keeps_the_mean_row_weight():
+    labels = np.array([0] * 90 + [1] * 10)
+    flat = distil.class_weights(labels, 2, 0.0)
+    assert torch.allclose(flat, torch.ones(2))
+    full = distil.class_weights(labels, 2, 1.0)
+    assert full[1] / full[0] == pytest.approx(9.0) and full[labels].mean().item() == pytest.approx(1.0)
+    half = distil.class_weights(labels, 2, 0.5)
+    assert half[1] / half[0] == pytest.approx(3.0)
+    rows = torch.tensor([1.0, 1.0])
+    loss = distil.distillation_loss(distil.StudentParams(), torch.zeros(2, 2), torch.tensor([[1.0, 1.0], [3.0, 3.0]]),
+                                    torch.tensor([0, 1]), rows * torch.tensor([0.0, 2.0]))
+    assert loss.item() == pytest.approx(9.0)  # only the second row counts, twice
