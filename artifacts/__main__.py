@@ -7,7 +7,7 @@
                              not, which parameter, upstream artifact, code module, library
                              version or source file changed since the artifact it made last
                              (--workload PRESET, --name NAME: the workload's latest run)
-  gc [--delete]              artifacts no record, alias or downstream artifact needs, old
+  gc [--delete]              artifacts no key note, old record, alias or downstream artifact needs, old
                              staging folders, checkpoints of finished or abandoned stages,
                              key notes of deleted artifacts; listed, deleted with --delete
 """
@@ -76,7 +76,7 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
             print(f"{verb} staging/{folder.name} (left by an interrupted run)")
             if args.delete:
                 shutil.rmtree(folder, ignore_errors=True)
-    finished = set(record_keys(store))
+    finished = set(store.noted_keys()) | set(record_keys(store))
     checkpoints = []
     for folder in _checkpoint_folders(store):
         key = folder.rstrip("/").rsplit("/", 1)[-1]

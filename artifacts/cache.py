@@ -1,55 +1,88 @@
-"""Where a stage's earlier artifact for a cache key is found, checked as a cache hit is.
+"""The one cache: a stage's artifact for its inputs, found or made, once.
 
-Two things can name it. Prefect's record for the key, written when a flow ran the
-stage. And the note `run_stage` leaves of every key it publishes under, which covers
-artifacts made by plain `run_stage` calls (the benchmarks make teachers that way) and
-by flows whose record was since lost or refused. Without the second, an hour of teacher training made by
-a benchmark would be trained again by the next flow run on the same store, though
-nothing it was made from changed.
+`cached_or_run` is the only place that decides whether a stage runs, like DVC's
+`run_stage` over its run-cache: the flow's tasks, `explain`/`status` and the benchmarks
+all call it (or its look-up half, `look_up`), so they agree on what is cached.
 
-Either way the artifact must pass its checksums and the stage's own content check
-(`Stage.problem_with`), and a record is read as plain JSON before it is trusted
-(artifacts/records.py). The flow's cache policy, its task body, `explain` and the
-benchmarks all decide here, so they agree on what is cached.
+    key = the stage's cache key (artifacts/keys.py)
+    look up  -> a usable artifact? cached.
+    lock key -> look up again (another worker may have made it meanwhile) -> run_stage,
+                which publishes the artifact and notes it under the key -> unlock.
+
+The index is the store's own: `keys/<key>.json`, the note `run_stage` writes for every
+key it publishes under. It lives in the store, so it travels with it (a local folder or
+S3), needs no server, and holds only an ArtifactRef, read as plain JSON.
+
+Older stores are still read. Runs before this module kept Prefect's cache records
+(`records/<key>`); a usable one is followed and noted, so the store migrates as it is
+used. Such records are read here as plain JSON and never by Prefect, whose reader would
+import whatever decoder a record names. Artifacts made before key notes existed are
+found in a local store by their manifests (`key`), and noted likewise.
+
+Whatever names a candidate, it must pass its checksums and the stage's own checks
+(`Stage.problem_with`: its own stage and kind, and a content check such as soft labels
+belonging to the texts at hand) before it is a hit.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
 
+from pydantic import BaseModel
+
+from artifacts.locks import lock_manager_for
+from artifacts.progress import Progress
 from artifacts.records import RecordError, read_record
-from artifacts.stage import Stage
+from artifacts.stage import Stage, run_stage
 from artifacts.store import ArtifactRef, ArtifactStore
 
-NO_RECORD = "no cache record for these inputs"
+# Where a hit was found: the key note, an old Prefect record, or a manifest scan.
+Origin = Literal["note", "record", "manifest"]
 
 
-def from_record(store: ArtifactStore, stage: Stage, key: str,
-                inputs: Mapping[str, ArtifactRef]) -> tuple[ArtifactRef | None, str]:
-    """The usable artifact the record for `key` points to, or None and why not."""
+@dataclass
+class Lookup:
+    ref: ArtifactRef | None
+    origin: Origin | None = None
+    refused: list[str] = field(default_factory=list)  # candidates seen and refused, and why
+
+
+def look_up(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> Lookup:
+    """The usable artifact made under `key`, where it was found, and what was refused on the way."""
+    refused: list[str] = []
+
+    def usable(ref: ArtifactRef, what: str) -> bool:
+        problem = stage.problem_with(store, ref, inputs)
+        if problem:
+            refused.append(f"{what} names artifact {ref.short}: {problem}")
+        return not problem
+
+    noted = store.made_under(key)
+    if noted is not None and usable(noted, "the key note"):
+        return Lookup(noted, "note", refused)
     try:
-        ref = read_record(store, key)
+        recorded = read_record(store, key)
     except FileNotFoundError:
-        return None, NO_RECORD
+        recorded = None
     except RecordError as exc:
-        return None, str(exc)
-    problem = stage.problem_with(store, ref, inputs)
-    return (None, f"artifact {ref.short}: {problem}") if problem else (ref, "")
+        refused.append(f"the old Prefect cache record is refused: {exc}")
+        recorded = None
+    if recorded is not None and usable(recorded, "the old Prefect cache record"):
+        return Lookup(recorded, "record", refused)
+    found = _by_manifest(store, stage, key, inputs) if store.is_local else None
+    return Lookup(found, "manifest" if found else None, refused)
 
 
-def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
-    """A usable artifact that `run_stage` made under `key`, if the store holds one.
+def _by_manifest(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
+    """An artifact whose manifest says it was made under `key`: stores from before key notes.
 
-    `run_stage` notes every key it publishes under (`ArtifactStore.note_key`). A local
-    store is also searched by manifest, for artifacts made before keys were noted; that
-    reads every manifest, which on a remote store would cost a request per artifact on
-    every miss, so remote stores rely on the notes.
+    Reads every manifest, which on a remote store would cost a request per artifact on
+    every miss, so only local stores are searched this way.
     """
-    ref = store.made_under(key)
-    if ref is not None and not stage.problem_with(store, ref, inputs):
-        return ref
-    if not store.is_local:
-        return None
     made = []
     for digest in store.digests():
         try:
@@ -67,7 +100,51 @@ def published(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str,
     return None
 
 
-def cached(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef]) -> ArtifactRef | None:
-    """The usable artifact made under `key`: the record's, else the key note's or a manifest's."""
-    ref, _ = from_record(store, stage, key, inputs)
-    return ref or published(store, stage, key, inputs)
+@dataclass
+class Outcome:
+    ref: ArtifactRef
+    cached: bool
+    key: str
+    origin: Origin | None  # where a cached artifact was found; None when computed
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def cached_or_run(stage: Stage, params: BaseModel, inputs: Mapping[str, ArtifactRef], store: ArtifactStore,
+                  progress: Progress | None = None, refresh: bool = False) -> Outcome:
+    """The stage's artifact for these inputs: found (and noted) or made, one computation per key.
+
+    `refresh` runs the stage even when a usable artifact exists (its result replaces the note).
+    """
+    progress = progress or Progress()
+    key = stage.key(params, inputs)
+    if not refresh:
+        hit = _hit(store, stage, key, inputs, progress)
+        if hit is not None:
+            return hit
+    locks = lock_manager_for(store)
+    holder = holder_name()
+    locks.acquire_lock(key, holder)
+    try:
+        if not refresh:  # made by another run while this one waited for the lock
+            hit = _hit(store, stage, key, inputs, progress)
+            if hit is not None:
+                return hit
+        return Outcome(run_stage(stage, params, inputs, store, progress), cached=False, key=key, origin=None)
+    finally:
+        locks.release_lock(key, holder)
+
+
+def _hit(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef], progress: Progress) -> Outcome | None:
+    found = look_up(store, stage, key, inputs)
+    for reason in found.refused:
+        progress.info(f"{stage.name}: {reason}; not used")
+    if found.ref is None:
+        return None
+    if found.origin != "note":
+        store.note_key(key, found.ref)  # migrates an old store: the next look-up is one read
+        progress.info(f"{stage.name}: reusing {found.ref.kind} {found.ref.short}, found by its "
+                      f"{'old Prefect cache record' if found.origin == 'record' else 'manifest'} and noted under its key")
+    return Outcome(found.ref, cached=True, key=key, origin=found.origin)

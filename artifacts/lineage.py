@@ -44,17 +44,21 @@ def entries(store: ArtifactStore) -> dict[str, Entry]:
 
 
 def roots(store: ArtifactStore) -> dict[str, str]:
-    """Artifacts something points at: digest -> what (a cache record or an alias)."""
+    """Artifacts something points at: digest -> what (an alias, a key note or an old cache record)."""
     pointed: dict[str, str] = {}
-    for key in record_keys(store):
-        try:
-            pointed.setdefault(read_record(store, key).digest, f"record {key[:12]}")
-        except (RecordError, FileNotFoundError):
-            continue
     for name in store.aliases():
         try:
             pointed.setdefault(store.resolve_alias(name).digest, f"alias {name}")
         except Exception:
+            continue
+    for key in store.noted_keys():
+        ref = store.made_under(key)
+        if ref is not None:
+            pointed.setdefault(ref.digest, f"key {key[:12]}")
+    for key in record_keys(store):
+        try:
+            pointed.setdefault(read_record(store, key).digest, f"record {key[:12]}")
+        except (RecordError, FileNotFoundError):
             continue
     return pointed
 

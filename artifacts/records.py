@@ -1,11 +1,13 @@
-"""Prefect's cache records, read without trusting them.
+"""Prefect's cache records of stores written before the one cache, read without trusting them.
 
-A record (records/<cache key>) is the JSON Prefect persists for a cached stage: its
+A record (records/<cache key>) is the JSON Prefect persisted for a cached stage: its
 metadata names a serializer and a decoder, and its result is an ArtifactRef encoded
 as {"__class__": ..., "data": ...}. Prefect's own reader imports whatever decoder
-and class a record names; a record altered on a shared store could make it import
-and run other code. Records are therefore checked here, as plain JSON, before Prefect
-ever reads them: anything but our ArtifactRef with Prefect's standard JSON decoder is
+and class a record names (and its `coerce_old_format` lets top-level `serializer` and
+`data` keys override the checked ones, down to a pickle), so a record altered on a
+shared store could make it run other code. Prefect no longer reads records at all
+(artifacts/cache.py); this reader takes them as plain JSON, and anything but exactly
+`metadata` and `result` holding our ArtifactRef with Prefect's standard JSON decoder is
 refused.
 """
 
@@ -36,6 +38,8 @@ def read_record(store: ArtifactStore, key: str) -> ArtifactRef:
     try:
         with store.fs.open(record_path(store, key), "rb") as handle:
             record = json.loads(handle.read())
+        if set(record) != {"metadata", "result"}:
+            raise RecordError(f"record has keys {sorted(record)}, not exactly metadata and result")
         serializer = record["metadata"]["serializer"]
         if serializer.get("type") != "json" or serializer.get("object_decoder", STANDARD_DECODER) != STANDARD_DECODER:
             raise RecordError(f"record asks for serializer {serializer.get('type')!r} / decoder {serializer.get('object_decoder')!r}")

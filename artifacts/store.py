@@ -7,8 +7,8 @@ different contents. Layout under the root:
 
     objects/<digest>/...           the files, plus manifest.json (written last)
     aliases/<name>.json            pointers such as emotion/latest -> digest
-    records/<cache key>            Prefect's cache records (JSON ArtifactRefs)
-    keys/<cache key>.json          what run_stage made under each key (artifacts/cache.py)
+    keys/<cache key>.json          the cache's index: what run_stage made under each key (artifacts/cache.py)
+    records/<cache key>            Prefect's cache records of stores before the one cache (read, never written)
     locks/<cache key>.lock         leases held while a stage computes
     staging/<uuid>/                work in progress (local stores only)
 
@@ -118,7 +118,7 @@ class ArtifactStore:
     # -- paths -------------------------------------------------------------------------
     @property
     def records_path(self) -> str:
-        """Where Prefect keeps its cache records (key -> ArtifactRef, as JSON)."""
+        """Where Prefect kept cache records before the one cache (key -> ArtifactRef, as JSON); read for old stores."""
         return f"{self.path}/records"
 
     @property
@@ -263,10 +263,10 @@ class ArtifactStore:
 
     # -- what each cache key made ---------------------------------------------------------
     def note_key(self, key: str, ref: ArtifactRef) -> None:
-        """Note that a stage made `ref` under cache key `key`.
+        """Note that a stage made `ref` under cache key `key`: the cache's index (artifacts/cache.py).
 
         The manifest cannot say it: identical content keeps the manifest (and the key) it
-        was first published with. A note is not a reference: `gc` may still delete `ref`.
+        was first published with. `gc` keeps what a note names.
         """
         self._write_ref(self._key_path(key), ref)
 

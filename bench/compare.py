@@ -36,8 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from artifacts.cache import cached  # noqa: E402
-from artifacts.stage import Progress, Stage, run_stage  # noqa: E402
+from artifacts.cache import cached_or_run as cache  # noqa: E402
+from artifacts.stage import Progress, Stage  # noqa: E402
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
 from bench.command import find_run  # noqa: E402
@@ -68,16 +68,14 @@ def side_of(artifact: str) -> str:
     return "teacher" if artifact.startswith("teacher") else "student"
 
 
-def cached_or_run(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str,
+def cached_with_alias(store: ArtifactStore, stage: Stage, params, inputs: dict[str, ArtifactRef], alias: str,
                   progress: Progress | None = None) -> ArtifactRef:
-    """The artifact this stage made from these inputs before, or a new one; kept by an alias."""
-    key = stage.key(params, inputs)
-    ref = cached(store, stage, key, inputs)
-    if ref is None:
-        print(f"  building {alias} ...", flush=True)
-        ref = run_stage(stage, params, inputs, store, progress or Progress(lambda message: None, bar=False))
-    store.set_alias(alias, ref)
-    return ref
+    """The artifact this stage made from these inputs before, or a new one (the one cache); kept by an alias."""
+    outcome = cache(stage, params, inputs, store, progress or Progress(lambda message: None, bar=False))
+    if not outcome.cached:
+        print(f"  built {alias}", flush=True)
+    store.set_alias(alias, outcome.ref)
+    return outcome.ref
 
 
 def export_params_of(store: ArtifactStore, onnx: ArtifactRef | str) -> export.ExportParams:
@@ -99,11 +97,11 @@ def lineage(store: ArtifactStore, workload: str, qat_params: qat.QATParams, star
     export_params = export_params_of(store, refs["student_onnx"])
     quantize_params = quantize.QuantizeParams.model_validate(store.manifest(refs["student_int8"])["params"])
     teacher_tokens, student_tokens = refs["teacher_tokens"], refs["student_tokens"]
-    refs["teacher_onnx"] = cached_or_run(store, export.STAGE, export_params, {"model": refs["teacher"], "tokens": teacher_tokens},
+    refs["teacher_onnx"] = cached_with_alias(store, export.STAGE, export_params, {"model": refs["teacher"], "tokens": teacher_tokens},
                                          f"{workload}/compare/teacher-onnx")
-    refs["teacher_int8"] = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": refs["teacher_onnx"], "tokens": teacher_tokens},
+    refs["teacher_int8"] = cached_with_alias(store, quantize.STAGE, quantize_params, {"onnx": refs["teacher_onnx"], "tokens": teacher_tokens},
                                          f"{workload}/compare/teacher-int8")
-    refs["student_qat"] = cached_or_run(store, qat.STAGE, qat_params, {"tokens": student_tokens, "student": refs["student"]},
+    refs["student_qat"] = cached_with_alias(store, qat.STAGE, qat_params, {"tokens": student_tokens, "student": refs["student"]},
                                         f"{workload}/compare/student-qat")
     return refs
 

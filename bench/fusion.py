@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
 from bench.command import find_run  # noqa: E402
-from bench.compare import cached_or_run, evaluation_sentences, export_params_of  # noqa: E402
+from bench.compare import cached_with_alias, evaluation_sentences, export_params_of  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks import export, quantize  # noqa: E402
 from tasks.formats import model_folder, onnx_file, open_tokens  # noqa: E402
@@ -62,8 +62,8 @@ def variants(store: ArtifactStore, workload: str, start: str | None) -> tuple[di
             # and a second key for the same content would never be found again (the store keeps
             # an artifact's first manifest), so it would be rebuilt on every call.
             params = export_params.model_copy(update={"fuse": fuse}) if fusable else export_params
-            fp32 = cached_or_run(store, export.STAGE, params, {"model": model, "tokens": tokens}, f"{workload}/fusion/{name}-{graph}")
-            int8 = cached_or_run(store, quantize.STAGE, quantize_params, {"onnx": fp32, "tokens": tokens},
+            fp32 = cached_with_alias(store, export.STAGE, params, {"model": model, "tokens": tokens}, f"{workload}/fusion/{name}-{graph}")
+            int8 = cached_with_alias(store, quantize.STAGE, quantize_params, {"onnx": fp32, "tokens": tokens},
                                  f"{workload}/fusion/{name}-{graph}-int8")
             folders[f"{name} FP32 ONNX, {graph}"] = (store.open(fp32), name)
             folders[f"{name} INT8 (INC), {graph}"] = (store.open(int8), name)

@@ -69,7 +69,7 @@ def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Pat
 def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = False) -> dict:
     from artifacts.stage import Progress
     from artifacts.store import ArtifactStore
-    from bench.compare import cached_or_run
+    from bench.compare import cached_with_alias
     from flows.pipeline import FETCH_DATASET, FINE_TUNE_TEACHER, TOKENIZE, resolve
     from tasks.formats import open_tokens
     from tasks.measure import quality
@@ -79,14 +79,14 @@ def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = Fal
     store = ArtifactStore(store_root)
     say = Progress(lambda message: print(f"[precision] {message}", flush=True), bar=False)
     # Cached like the pipeline's stages, so a rerun of the pair only scores the two teachers.
-    dataset = cached_or_run(store, FETCH_DATASET, config.data, {}, "precision/dataset", say)
-    tokens_ref = cached_or_run(store, TOKENIZE, config.teacher_tokens, {"dataset": dataset}, f"precision/{model_name}/tokens", say)
+    dataset = cached_with_alias(store, FETCH_DATASET, config.data, {}, "precision/dataset", say)
+    tokens_ref = cached_with_alias(store, TOKENIZE, config.teacher_tokens, {"dataset": dataset}, f"precision/{model_name}/tokens", say)
     tokens = open_tokens(store.open(tokens_ref))
     test_ids, test_labels = tokens.split("test")
     sides = {}
     for precision in ("fp32", "bf16"):
         params = config.teacher.model_copy(update={"precision": precision, "device": "cpu"})
-        ref = cached_or_run(store, FINE_TUNE_TEACHER, params, {"tokens": tokens_ref}, f"precision/{model_name}/{precision}", say)
+        ref = cached_with_alias(store, FINE_TUNE_TEACHER, params, {"tokens": tokens_ref}, f"precision/{model_name}/{precision}", say)
         manifest = store.manifest(ref)
         predict, _ = torch_predictor(store.open(ref))
         scores = quality(predict, test_ids, test_labels, len(tokens.labels), tokens.spec.pad_id)

@@ -2,9 +2,9 @@
 
 It walks the pipeline's own DAG (`flows.pipeline.run_dag`) without running anything:
 each stage's cache key is worked out from its parameters, code and the artifacts its
-upstream stages would hand it, and looked up among the store's cache records, as
-the real run does. A stage is cached when that record holds a sound artifact, even
-one an earlier run than the latest made. Otherwise the stage would run, and explain
+upstream stages would hand it, and looked up by the one cache's own look-up
+(artifacts/cache.py `look_up`), as the real run does. A stage is cached when a sound
+artifact was made under that key, even by an earlier run than the latest. Otherwise the stage would run, and explain
 names what differs from the artifact the same step made in the workload's latest
 run (its run record, `<name>/latest`, names them): a parameter, a code
 module, a library version, a source file, an upstream artifact, or an upstream
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from artifacts.cache import NO_RECORD, from_record, published
+from artifacts.cache import look_up
 from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
@@ -125,14 +125,14 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
         manifest = last.get(step)
         problem = "an upstream stage reruns"
         if not any(isinstance(ref, WouldRun) for ref in inputs.values()):
-            key = stage.key(params, inputs)
-            ref, problem = from_record(store, stage, key, inputs)
-            unrecorded = None if ref else published(store, stage, key, inputs)
-            ref = ref or unrecorded
+            hit = look_up(store, stage, stage.key(params, inputs), inputs)
+            ref = hit.ref
+            problem = "; ".join(hit.refused) or "no artifact made under these inputs"
             if ref is not None:
-                if unrecorded:
-                    record = "without a cache record (e.g. by a benchmark)" if problem == NO_RECORD else f"whose record is refused ({problem})"
-                    origin = f", made under this key {record}: the flow reuses it"
+                if hit.origin == "record":
+                    origin = ", found by an old Prefect cache record: the next run notes its key"
+                elif hit.origin == "manifest":
+                    origin = ", found by its manifest (made before key notes): the next run notes its key"
                 elif manifest is not None and manifest["digest"] != ref.digest:
                     origin = ", made by an earlier run than the latest"
                 else:

@@ -8,10 +8,11 @@
 Texts are the currency between teacher and student; token ids never cross a
 tokenizer boundary. The teacher runs in one cached place (`soft_labels`).
 
-`stage_task` is the one place a stage becomes a Prefect task, so every stage gets
-the same cache policy (key from its declared inputs, verified hits), isolation
-(one computation per key, however many runs ask at once), JSON results (an
-ArtifactRef, never a pickled model) and a progress artifact for its long loops.
+`stage_task` is the one place a stage becomes a Prefect task. Its body is the one
+cache (artifacts/cache.py `cached_or_run`: look up by key, verify, else lock, run and
+note, one computation per key however many runs ask at once); Prefect runs the task,
+keeps its state (`Cached` or `Completed`), logs, progress artifact and retries, and
+caches nothing itself, so no second index can disagree with the store's.
 
 After the stages, every run writes its report (tasks/report.py) and publishes it
 as Prefect markdown and table artifacts from the flow itself, so a run served
@@ -27,23 +28,19 @@ server and one store stay apart.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.filesystems import RemoteFileSystem
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
-from prefect.transactions import get_transaction
 
-from artifacts.cache import published
-from artifacts.locks import lease_seconds_from_env, lock_manager_for
-from artifacts.policy import StageCachePolicy
+from artifacts.cache import cached_or_run
+from artifacts.locks import lease_seconds_from_env
 from artifacts.runs import RunRecord, publish_run
-from artifacts.stage import Progress, Stage, run_stage
+from artifacts.stage import Progress, Stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
@@ -105,19 +102,6 @@ def check_layer_losses(config: PipelineConfig, kept_layers: list[int]) -> None:
     distil.layer_map_of(config.student, kept_layers, load_config(config.teacher.model).num_hidden_layers)
 
 
-def records_storage(store: ArtifactStore) -> Path | str:
-    """Where Prefect keeps cache records: inside the store, so they travel with it.
-
-    A local folder needs no server; remote storage must be a block saved on the
-    server, named after the store so every worker of that server finds the same one.
-    """
-    if store.is_local:
-        return Path(store.records_path)
-    name = "distillery-records-" + hashlib.sha256(store.root.encode()).hexdigest()[:16]
-    RemoteFileSystem(basepath=f"{store.root}/records").save(name, overwrite=True)
-    return f"remote-file-system/{name}"
-
-
 def task_progress(stage: Stage) -> Progress:
     """Log lines, a terminal bar, and a Prefect progress artifact made on the first step."""
     logger = get_run_logger()
@@ -140,42 +124,20 @@ def task_progress(stage: Stage) -> Progress:
     return Progress(logger.info, on_fraction=on_fraction, report_seconds=10.0)
 
 
-REUSED = "Reused"  # the state of a task that found its artifact in the store but no record of it
+CACHED = "Cached"  # the state of a task whose artifact was found, not made (Prefect's own name for it)
 
 
-def stage_task(step: str, stage: Stage, store: ArtifactStore, records: Path | str):
-    policy = StageCachePolicy(
-        stage=stage,
-        isolation_level="SERIALIZABLE",
-        lock_manager=lock_manager_for(store),
-    )
+def stage_task(step: str, stage: Stage, store: ArtifactStore):
+    """The stage as a Prefect task whose body is the one cache; the store object travels with it."""
 
-    def run(params: Any, inputs: dict[str, ArtifactRef], store: str) -> ArtifactRef | State:
-        """The stage's artifact; a `Reused` state around it if it was found, not made.
+    def run(params: Any, inputs: dict[str, ArtifactRef]) -> State:
+        outcome = cached_or_run(stage, params, inputs, store, task_progress(stage))
+        if outcome.cached:
+            get_run_logger().info(f"{step}: cached, reusing {stage.kind} {outcome.ref.short}")
+            return Completed(data=outcome.ref, name=CACHED)
+        return Completed(data=outcome.ref)
 
-        Called with return_state=True only (StageRunner), so both come back as a state.
-        """
-        artifact_store = ArtifactStore(store)
-        # Prefect found no usable record. What run_stage made under this key without one (a
-        # benchmark's plain call, or a flow whose record was lost) is still a cache hit,
-        # unless the run asked Prefect to refresh its cache.
-        txn = get_transaction()
-        if not (txn and txn.overwrite):
-            ref = published(artifact_store, stage, txn.key if txn and txn.key else stage.key(params, inputs), inputs)
-            if ref is not None:
-                get_run_logger().info(f"{step}: no usable cache record; reusing {stage.kind} {ref.short}, made under this key")
-                return Completed(data=ref, name=REUSED)  # Prefect writes the record from it
-        return run_stage(stage, params, inputs, artifact_store, task_progress(stage))
-
-    return task(
-        run,
-        name=step,
-        cache_policy=policy,
-        persist_result=True,
-        result_serializer="json",
-        result_storage=records,
-        retries=0,
-    )
+    return task(run, name=step, cache_policy=NO_CACHE, persist_result=False, retries=0)
 
 
 # call(step, STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
@@ -213,16 +175,13 @@ class StageRunner:
 
     def __init__(self, store: ArtifactStore):
         self.store = store
-        self.records = records_storage(store)
         self.stages: dict[str, dict] = {}
 
     def __call__(self, step: str, stage: Stage, params: Any, **inputs: ArtifactRef) -> ArtifactRef:
         started = time.time()
-        state: State = stage_task(step, stage, self.store, self.records)(params, inputs, self.store.root, return_state=True)
+        state: State = stage_task(step, stage, self.store)(params, inputs, return_state=True)
         ref = state.result()  # raises the stage's own error if it failed
-        state_name = "cached" if state.name in ("Cached", REUSED) else "computed"
-        if state_name == "cached":
-            get_run_logger().info(f"{step}: cached, reusing {stage.kind} {ref.short}")
+        state_name = "cached" if state.name == CACHED else "computed"
         self.stages[step] = {
             "state": state_name,
             "stage": stage.name,

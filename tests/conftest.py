@@ -116,6 +116,17 @@ def store_copy(cold, tmp_path: Path) -> Path:
     return target
 
 
+def old_prefect_record(ref, **serializer_fields) -> str:
+    """A cache record as Prefect 3 wrote it for a task returning an ArtifactRef (stores before the one cache)."""
+    from artifacts.records import REF_CLASS, STANDARD_DECODER
+
+    serializer = {"type": "json", "jsonlib": "json", "object_encoder": "prefect.serializers.prefect_json_object_encoder",
+                  "object_decoder": STANDARD_DECODER, "dumps_kwargs": {}, "loads_kwargs": {}, **serializer_fields}
+    result = json.dumps({"__class__": REF_CLASS, "data": ref.model_dump(mode="json")})
+    return json.dumps({"metadata": {"storage_key": "x", "expiration": None, "serializer": serializer,
+                                    "prefect_version": "3.8.8", "storage_block_id": None}, "result": result})
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, emotion_dir):
     """The real team stack, deployed (tests/teamstack.py); shared by the tests that need it."""

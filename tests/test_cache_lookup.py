@@ -1,30 +1,40 @@
-"""artifacts/cache.py: a stage's earlier artifact is found by its Prefect record, else by the
-note run_stage leaves of its key, else (local stores only) by its manifest."""
+"""artifacts/cache.py, the one cache: a stage's earlier artifact is found by the note run_stage
+leaves of its key, else by an old Prefect record (read as plain JSON, then noted), else (local
+stores only) by its manifest; otherwise it is made, once per key."""
 
+import json
+import threading
 import uuid
 
-from artifacts.cache import cached, published
+from artifacts.cache import cached_or_run, look_up
+from artifacts.progress import Progress
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactRef, ArtifactStore
+from conftest import old_prefect_record
 from tasks import fetch, tokenize
-from tasks.tokenize import TokenizeParams
 from tasks.sources import DataParams
+from tasks.tokenize import TokenizeParams
 
 
-def test_run_stage_notes_its_key_so_a_remote_store_finds_the_artifact_without_a_record(emotion_slice):
+def quiet() -> Progress:
+    return Progress(log=lambda message: None, bar=False)
+
+
+def test_run_stage_notes_its_key_so_a_remote_store_finds_the_artifact(emotion_slice):
     store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
     params = DataParams(source=str(emotion_slice))
     key = fetch.STAGE.key(params, {})
-    assert cached(store, fetch.STAGE, key, {}) is None
-    ref = run_stage(fetch.STAGE, params, {}, store)
-    assert store.made_under(key) == ref
-    assert cached(store, fetch.STAGE, key, {}) == ref  # no record was ever written
+    assert look_up(store, fetch.STAGE, key, {}).ref is None
+    first = cached_or_run(fetch.STAGE, params, {}, store, quiet())
+    assert not first.cached and store.made_under(key) == first.ref
+    again = cached_or_run(fetch.STAGE, params, {}, store, quiet())
+    assert again.cached and again.origin == "note" and again.ref == first.ref
     # Remote stores are not searched manifest by manifest: without the note (or with a torn one), no hit.
     note = f"{store.path}/keys/{key}.json"
     store.fs.pipe(note, b"{torn")
-    assert published(store, fetch.STAGE, key, {}) is None
+    assert look_up(store, fetch.STAGE, key, {}).ref is None
     store.fs.rm(note)
-    assert published(store, fetch.STAGE, key, {}) is None
+    assert look_up(store, fetch.STAGE, key, {}).ref is None
 
 
 def test_a_note_naming_another_stages_artifact_is_refused(tmp_path, emotion_slice):
@@ -33,10 +43,12 @@ def test_a_note_naming_another_stages_artifact_is_refused(tmp_path, emotion_slic
     params = TokenizeParams(tokenizer="minilm", max_length=32)
     key = tokenize.STAGE.key(params, {"dataset": dataset})
     store.note_key(key, dataset)  # intact, but a dataset, not tokens
-    assert "not a tokens of tokenize" in tokenize.STAGE.problem_with(store, dataset, {"dataset": dataset})
-    assert published(store, tokenize.STAGE, key, {"dataset": dataset}) is None
+    found = look_up(store, tokenize.STAGE, key, {"dataset": dataset})
+    assert found.ref is None and "not a tokens of tokenize" in found.refused[0]
     store.note_key(key, ArtifactRef(kind="tokens", digest=dataset.digest))  # the same, its kind relabelled
-    assert published(store, tokenize.STAGE, key, {"dataset": dataset}) is None
+    assert look_up(store, tokenize.STAGE, key, {"dataset": dataset}).ref is None
+    made = cached_or_run(tokenize.STAGE, params, {"dataset": dataset}, store, quiet())
+    assert not made.cached and store.made_under(key) == made.ref  # made, and the bad note replaced
 
 
 def test_local_store_finds_an_unnoted_artifact_by_its_manifest_and_never_a_broken_one(tmp_path, emotion_slice):
@@ -45,11 +57,50 @@ def test_local_store_finds_an_unnoted_artifact_by_its_manifest_and_never_a_broke
     key = fetch.STAGE.key(params, {})
     ref = run_stage(fetch.STAGE, params, {}, store)
     (tmp_path / "store" / "keys" / f"{key}.json").unlink()  # as made before keys were noted
-    assert published(store, fetch.STAGE, key, {}) == ref
-    run_stage(fetch.STAGE, params, {}, store)  # notes the key again
+    found = cached_or_run(fetch.STAGE, params, {}, store, quiet())
+    assert found.cached and found.origin == "manifest" and found.ref == ref
+    assert store.made_under(key) == ref  # migrated: noted on the way
     (tmp_path / "store" / "keys" / f"{key}.json").write_text("{torn")
-    assert published(store, fetch.STAGE, key, {}) == ref  # a torn note is ignored; the manifest still names the key
-    run_stage(fetch.STAGE, params, {}, store)  # notes the key again
+    assert look_up(store, fetch.STAGE, key, {}).ref == ref  # a torn note is ignored; the manifest still names the key
     victim = next(p for p in (tmp_path / "store" / "objects" / ref.digest).iterdir() if p.name != "manifest.json")
     victim.write_bytes(victim.read_bytes() + b"x")
-    assert published(store, fetch.STAGE, key, {}) is None  # neither the note nor the manifest is followed to it
+    assert look_up(store, fetch.STAGE, key, {}).ref is None  # neither the note nor the manifest is followed to it
+
+
+def test_an_old_prefect_record_is_followed_as_plain_json_and_migrated(emotion_slice):
+    store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
+    params = DataParams(source=str(emotion_slice))
+    key = fetch.STAGE.key(params, {})
+    ref = run_stage(fetch.STAGE, params, {}, store)
+    store.forget_key(key)
+    store.fs.pipe(f"{store.records_path}/{key}", old_prefect_record(ref).encode())
+    found = cached_or_run(fetch.STAGE, params, {}, store, quiet())
+    assert found.cached and found.origin == "record" and store.made_under(key) == ref
+
+
+def test_a_record_naming_other_code_is_refused_never_imported(emotion_slice):
+    store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
+    params = DataParams(source=str(emotion_slice))
+    key = fetch.STAGE.key(params, {})
+    ref = run_stage(fetch.STAGE, params, {}, store)
+    store.forget_key(key)
+    for record in (old_prefect_record(ref, object_decoder="os.system"),
+                   # Prefect's coerce_old_format would let top-level keys override the checked ones
+                   json.dumps({**json.loads(old_prefect_record(ref)), "serializer": {"type": "pickle"}, "data": "gASV"})):
+        store.fs.pipe(f"{store.records_path}/{key}", record.encode())
+        found = look_up(store, fetch.STAGE, key, {})
+        assert found.ref is None and "refused" in found.refused[0], found
+
+
+def test_two_callers_of_one_key_compute_it_once(tmp_path, emotion_slice):
+    store = ArtifactStore(tmp_path / "store")
+    params = DataParams(source=str(emotion_slice))
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(cached_or_run(fetch.STAGE, params, {}, store, quiet())))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(o.cached for o in outcomes) == [False, True, True]
+    assert len({o.ref for o in outcomes}) == 1

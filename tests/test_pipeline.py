@@ -103,7 +103,7 @@ def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(c
 
 
 def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
-    """A record pointing at sound soft labels of other texts is unusable: never used."""
+    """A key note pointing at sound soft labels of other texts is unusable: never used."""
     store = store_copy(cold, tmp_path)
     artifacts = ArtifactStore(store)
     record = latest_run(artifacts, "emotion")
@@ -112,16 +112,14 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
                       {"tokens": record.role("teacher_tokens"), "teacher": record.role("teacher"), "augmented": other_texts}, artifacts)
     good = record.role("soft_labels").digest
     key = artifacts.manifest(good)["key"]
-    content = json.loads((store / "records" / key).read_text())
-    assert good in content["result"]
-    content["result"] = content["result"].replace(good, other.digest)
-    (store / "records" / key).write_text(json.dumps(content))
+    assert artifacts.made_under(key).digest == good
+    artifacts.note_key(key, other)
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0, run.output[-3000:]
-    assert "unusable" in run.output and "computed on other texts" in run.output
-    # The refused record is not followed; the good artifact is found by run_stage's note of its key.
-    assert run.computed() == set() and "soft_labels: no usable cache record; reusing" in run.output
-    assert run.summary["stages"]["soft_labels"]["artifact"] == good
+    assert "not used" in run.output and "computed on other texts" in run.output
+    # The refused note is not followed; the good artifact is found by its manifest and noted again.
+    assert run.computed() == set() and "soft_labels: reusing soft-labels" in run.output
+    assert run.summary["stages"]["soft_labels"]["artifact"] == good and artifacts.made_under(key).digest == good
 
 
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
@@ -161,7 +159,7 @@ def test_damaged_artifact_is_recomputed_not_served(cold, tmp_path, damage):
     assert run.code == 0, run.output[-3000:]
     assert "quantize" in run.computed()
     assert run.computed() <= {"quantize", "evaluate"}
-    assert "unusable" in run.output  # logged as such
+    assert "not used" in run.output  # logged as such
     assert ArtifactStore(store).verify(run.summary["stages"]["quantize"]["artifact"]).ok
 
 

@@ -28,7 +28,7 @@ def test_list_shows_every_artifact_and_what_keeps_it(cold, tmp_path):
         assert stage["artifact"][:12] in out.stdout
     report = cold[2].summary["report"]["artifact"]
     assert f"{report[:12]}  run-report report" in out.stdout and "alias emotion/report" in out.stdout
-    assert "record " in out.stdout and "12 artifacts" in out.stdout  # ten steps, the run's report and its run record
+    assert "key " in out.stdout and "12 artifacts" in out.stdout  # ten steps, the run's report and its run record
     assert f"{cold[2].summary['run'][:12]}  run      run" in out.stdout
 
 
@@ -53,9 +53,13 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     with artifacts.new_artifact() as out:
         (out / "orphan.bin").write_bytes(b"left over by an abandoned experiment")
         orphan = artifacts.publish(out, "model", {"stage": "fine_tune_teacher", "upstream": {}})
-    artifacts.note_key("d" * 64, orphan)  # a key note is no reference: it goes with its artifact
+    with artifacts.new_artifact() as out:
+        (out / "gone.bin").write_bytes(b"removed by verify --repair, say")
+        gone = artifacts.publish(out, "model", {"stage": "fine_tune_teacher", "upstream": {}})
+    artifacts.note_key("d" * 64, gone)  # a note of an artifact no longer there goes too
+    artifacts.remove(gone.digest)
     (store / "staging" / "interrupted-run").mkdir(parents=True)
-    finished_key = next((store / "records").iterdir()).name
+    finished_key = next((store / "keys").iterdir()).name.removesuffix(".json")
     for key in (finished_key, "c" * 64):  # a finished stage's leftover, and a crashed run's
         (store / "checkpoints" / key).mkdir(parents=True)
         (store / "checkpoints" / key / "checkpoint.json").write_text("{}")
@@ -90,8 +94,8 @@ def test_explain_names_what_changed(cold, tmp_path):
     assert lines["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in lines["quantize"]
     assert "upstream quantize reruns" in lines["evaluate"]
     assert all(lines[s].startswith("cached") for s in ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "distil_student", "export_onnx"))
-    record = next((store / "records").iterdir())
-    json.loads(record.read_text())  # records are plain JSON
+    note = next((store / "keys").iterdir())
+    assert set(json.loads(note.read_text())) == {"kind", "digest"}  # the index is plain JSON refs
 
 
 
@@ -117,25 +121,52 @@ def test_explain_names_an_input_a_stage_gained_since_its_artifact(cold, monkeypa
                                                          "soft_labels"))
 
 
-@pytest.mark.parametrize("forget", [("records",), ("records", "keys")], ids=["records", "records-and-key-notes"])
-def test_artifacts_without_cache_records_are_reused_not_recomputed(cold, tmp_path, forget):
-    """Artifacts made under the run's keys but with no Prefect record (a benchmark's plain
-    run_stage calls, or a store whose records were lost) are cache hits, and get records:
-    found by run_stage's key notes, or without them (older stores) by their manifests."""
+def artifacts_of(store: Path) -> ArtifactStore:
+    return ArtifactStore(store)
+
+
+def noted(artifacts: ArtifactStore, digest: str) -> bool:
+    """Whether the key an artifact was made under is noted, naming it."""
+    ref = artifacts.made_under(artifacts.manifest(digest)["key"])
+    return ref is not None and ref.digest == digest
+
+
+def test_a_store_without_key_notes_is_found_by_manifest_and_migrated(cold, tmp_path):
+    """Artifacts made before key notes (or whose notes were lost) are cache hits on a local
+    store, found by their manifests; the next run notes their keys."""
     store = store_copy(cold, tmp_path)
-    for folder in forget:
-        shutil.rmtree(store / folder)
+    shutil.rmtree(store / "keys")
     explained = cache(store, "explain", *cold[1])
     assert explained.returncode == 0, explained.stderr
     lines = explained.stdout.splitlines()
     assert len(lines) == len(STEP_NAMES), explained.stdout
-    assert all(": cached" in line and "made under this key without a cache record" in line for line in lines), explained.stdout
+    assert all(": cached" in line and "found by its manifest" in line for line in lines), explained.stdout
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0, run.output[-3000:]
     assert set(run.states().values()) == {"cached"}, run.states()
-    assert "fine_tune_teacher: no usable cache record; reusing model" in run.output
+    assert "fine_tune_teacher: reusing model" in run.output and "found by its manifest and noted" in run.output
     assert ({step: s["artifact"] for step, s in run.summary["stages"].items()}
             == {step: s["artifact"] for step, s in cold[2].summary["stages"].items()})
-    assert len(list((store / "records").iterdir())) == len(STEP_NAMES)  # Prefect recorded each reuse
+    assert all(noted(artifacts_of(store), s["artifact"]) for s in run.summary["stages"].values())  # noted on the way
     again = cache(store, "explain", *cold[1]).stdout
-    assert all(": cached" in line and "without a cache record" not in line for line in again.splitlines()), again
+    assert all(": cached" in line and "found by" not in line for line in again.splitlines()), again
+
+
+def test_a_store_of_old_prefect_records_keeps_working(cold, tmp_path):
+    """Stores written before the one cache hold Prefect's records: followed as plain JSON, then noted."""
+    from conftest import old_prefect_record
+
+    from artifacts.store import ArtifactRef
+
+    store = store_copy(cold, tmp_path)
+    artifacts = ArtifactStore(store)
+    (store / "records").mkdir()
+    for key in artifacts.noted_keys():
+        (store / "records" / key).write_text(old_prefect_record(artifacts.made_under(key)))
+    shutil.rmtree(store / "keys")
+    explained = cache(store, "explain", *cold[1]).stdout
+    assert all(": cached" in line and "found by an old Prefect cache record" in line for line in explained.splitlines()), explained
+    run = run_cli([*cold[1], "--store", str(store)], tmp_path)
+    assert run.code == 0 and set(run.states().values()) == {"cached"}, run.output[-3000:]
+    assert all(noted(artifacts, s["artifact"]) for s in run.summary["stages"].values())
+    assert isinstance(artifacts.made_under(artifacts.noted_keys()[0]), ArtifactRef)

@@ -20,23 +20,28 @@ def test_project_code_never_unpickles_or_trusts_remote_code():
 
 
 def test_tampered_record_is_refused_and_its_code_never_runs(cold, tmp_path):
+    """An old-format cache record naming other code (a decoder to import, or top-level keys that
+    would make Prefect unpickle) is refused; Prefect never reads records, so nothing runs."""
+    from conftest import old_prefect_record
+
+    from artifacts.store import ArtifactRef, ArtifactStore
+
     store = store_copy(cold, tmp_path)
+    artifacts = ArtifactStore(store)
     marker = tmp_path / "evil-ran"
     evil = tmp_path / "evilpkg"
     evil.mkdir()
     (evil / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\ndef decode(obj):\n    return obj\n")
     quantized = cold[2].summary["stages"]["quantize"]["artifact"]
-    tampered = 0
-    for record in (store / "records").iterdir():
-        content = json.loads(record.read_text())
-        if quantized in content["result"]:
-            content["metadata"]["serializer"]["object_decoder"] = "evilpkg.decode"
-            record.write_text(json.dumps(content))
-            tampered += 1
-    assert tampered == 1
+    key = artifacts.manifest(quantized)["key"]
+    artifacts.forget_key(key)  # so the look-up reaches the record
+    (store / "records").mkdir()
+    ref = ArtifactRef(kind="onnx", digest=quantized)
+    (store / "records" / key).write_text(old_prefect_record(ref, object_decoder="evilpkg.decode"))
     run = run_cli([*cold[1], "--store", str(store)], tmp_path, extra_env={"PYTHONPATH": f"{REPO}:{tmp_path}"})
     assert run.code == 0, run.output[-3000:]
-    assert "unusable" in run.output and "evilpkg.decode" in run.output
-    # The refused record is not followed; the INT8 model is found by run_stage's note of its key.
+    assert "refused" in run.output and "evilpkg.decode" in run.output
+    # The refused record is not followed; the INT8 model is found by its manifest, and noted.
     assert run.computed() == set() and run.summary["stages"]["quantize"]["artifact"] == quantized
+    assert artifacts.made_under(key).digest == quantized
     assert not marker.exists()
