@@ -59,7 +59,7 @@ def plain_run(config, store_root: str) -> tuple[float, dict]:
     """The DAG's steps as plain function calls (no Prefect, no cache lookups); step name -> digest."""
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from flows.pipeline import STEP_NAMES, run_dag
+    from flows.dag import STEP_NAMES, run_dag
 
     store = ArtifactStore(store_root)
     quiet = Progress(lambda message: None, bar=False)
@@ -168,7 +168,8 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     """Teacher fine-tuning speed (examples/s) under three padding schemes, same model and steps."""
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from flows.pipeline import FETCH_DATASET, TOKENIZE, resolve
+    from flows.pipeline import resolve
+    from tasks import fetch, tokenize
     from tasks.formats import open_tokens
     from tasks.models import load_classifier
     from tasks.training import classification_loss, train
@@ -176,8 +177,8 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     config, _ = resolve("emotion", data, False, None, None)
     store = ArtifactStore(str(workdir / "throughput"))
     quiet = Progress(lambda message: None, bar=False)
-    dataset = run_stage(FETCH_DATASET, config.data, {}, store, quiet)
-    tokens = open_tokens(store.open(run_stage(TOKENIZE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
+    dataset = run_stage(fetch.STAGE, config.data, {}, store, quiet)
+    tokens = open_tokens(store.open(run_stage(tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
     ids, labels = tokens.split("train")
     names, pad_id = tokens.labels, tokens.spec.pad_id
     epochs = steps * config.teacher.batch_size / len(ids)

@@ -36,7 +36,8 @@ RESULTS = REPO / "bench" / "results"
 def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from flows.pipeline import FETCH_DATASET, TOKENIZE, resolve
+    from flows.pipeline import resolve
+    from tasks import fetch, tokenize
     from tasks.formats import open_tokens
     from tasks.models import load_classifier
     from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
@@ -45,8 +46,8 @@ def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Pat
     config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
     store = ArtifactStore(str(workdir / "store"))
     quiet = Progress(lambda message: None, bar=False)
-    dataset = run_stage(FETCH_DATASET, config.data, {}, store, quiet)
-    tokens = open_tokens(store.open(run_stage(TOKENIZE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
+    dataset = run_stage(fetch.STAGE, config.data, {}, store, quiet)
+    tokens = open_tokens(store.open(run_stage(tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
     ids, labels = tokens.split("train")
     epochs = steps * config.teacher.batch_size / len(ids)
     measured: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -70,7 +71,8 @@ def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = Fal
     from artifacts.stage import Progress
     from artifacts.store import ArtifactStore
     from bench.compare import cached_with_alias
-    from flows.pipeline import FETCH_DATASET, FINE_TUNE_TEACHER, TOKENIZE, resolve
+    from flows.pipeline import resolve
+    from tasks import fetch, teacher, tokenize
     from tasks.formats import open_tokens
     from tasks.measure import quality
     from tasks.predictors import torch_predictor
@@ -79,14 +81,14 @@ def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = Fal
     store = ArtifactStore(store_root)
     say = Progress(lambda message: print(f"[precision] {message}", flush=True), bar=False)
     # Cached like the pipeline's stages, so a rerun of the pair only scores the two teachers.
-    dataset = cached_with_alias(store, FETCH_DATASET, config.data, {}, "precision/dataset", say)
-    tokens_ref = cached_with_alias(store, TOKENIZE, config.teacher_tokens, {"dataset": dataset}, f"precision/{model_name}/tokens", say)
+    dataset = cached_with_alias(store, fetch.STAGE, config.data, {}, "precision/dataset", say)
+    tokens_ref = cached_with_alias(store, tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, f"precision/{model_name}/tokens", say)
     tokens = open_tokens(store.open(tokens_ref))
     test_ids, test_labels = tokens.split("test")
     sides = {}
     for precision in ("fp32", "bf16"):
         params = config.teacher.model_copy(update={"precision": precision, "device": "cpu"})
-        ref = cached_with_alias(store, FINE_TUNE_TEACHER, params, {"tokens": tokens_ref}, f"precision/{model_name}/{precision}", say)
+        ref = cached_with_alias(store, teacher.STAGE, params, {"tokens": tokens_ref}, f"precision/{model_name}/{precision}", say)
         manifest = store.manifest(ref)
         predict, _ = torch_predictor(store.open(ref))
         scores = quality(predict, test_ids, test_labels, len(tokens.labels), tokens.spec.pad_id)

@@ -1,6 +1,6 @@
 """Why each stage would, or would not, rerun (`python -m artifacts explain`).
 
-It walks the pipeline's own DAG (`flows.pipeline.run_dag`) without running anything:
+It walks the pipeline's own DAG (`flows.dag.run_dag`) without running anything:
 each stage's cache key is worked out from its parameters, code and the artifacts its
 upstream stages would hand it, and looked up by the one cache's own look-up
 (artifacts/cache.py `look_up`), as the real run does. A stage is cached when a sound
@@ -20,7 +20,8 @@ from artifacts.cache import look_up
 from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
-from flows.pipeline import resolve, run_dag
+from flows.dag import run_dag
+from flows.pipeline import resolve
 
 
 def last_manifests(store: ArtifactStore, name: str) -> dict[str, dict]:

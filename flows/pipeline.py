@@ -1,9 +1,5 @@
-"""The generic pipeline flow: the DAG of stages, each step a cached Prefect task.
-
-    fetch_dataset -> tokenize_teacher -> fine_tune_teacher ---------------+
-                  -> augment_data (texts) ------------> soft_labels ------+-> distil_student
-                  -> tokenize_student (when its tokenizer differs) ------/        |
-                          export_onnx -> quantize (or qat_student) -> evaluate -> report -> run record
+"""The generic pipeline flow: the DAG of stages (declared once, in flows/dag.py), each
+step a Prefect task over the one cache.
 
 Texts are the currency between teacher and student; token ids never cross a
 tokenizer boundary. The teacher runs in one cached place (`soft_labels`).
@@ -45,23 +41,13 @@ from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreErro
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
 from flows.publish import artifact_key, publish_report, write_report
-from tasks import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
+from flows.dag import STEP_NAMES, run_dag  # noqa: F401  (STEP_NAMES: the DAG's steps, for callers of the flow)
+from tasks import distil
 from tasks.alignment import vocabulary_alignment
 from tasks.errors import DistilleryError
 from tasks.formats import read_evaluation
 from tasks.models import check_weights, load_config, load_tokenizer
 from tasks.sources import is_hub_id, load_splits
-
-FETCH_DATASET, TOKENIZE, FINE_TUNE_TEACHER, AUGMENT_DATA, SOFT_LABELS, DISTIL_STUDENT, EXPORT_ONNX, QUANTIZE, EVALUATE = STAGES = (
-    fetch.STAGE, tokenize.STAGE, teacher.STAGE, augment.STAGE, soft_labels.STAGE, distil.STAGE, export.STAGE,
-    quantize.STAGE, evaluate.STAGE,
-)
-QAT_STUDENT = qat.STAGE
-# Every step of the DAG, in order; tokenize_student runs only when the student's tokenizer
-# differs, and qat_student takes quantize's place with --quantize-method qat.
-STEP_NAMES = ("fetch_dataset", "tokenize_teacher", "tokenize_student", "fine_tune_teacher", "augment_data",
-              "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate")
-
 
 def preflight(config: PipelineConfig) -> None:
     """Every check that needs no training, so bad input fails in seconds, storing nothing."""
@@ -138,36 +124,6 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore):
         return Completed(data=outcome.ref)
 
     return task(run, name=step, cache_policy=NO_CACHE, persist_result=False, retries=0)
-
-
-# call(step, STAGE, params, **upstream_refs) -> ArtifactRef: a Prefect task (StageRunner) or a plain call.
-CallStage = Callable[..., ArtifactRef]
-
-
-def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
-    """The DAG, written once: the flow runs it through Prefect, explain and bench/pipeline.py without.
-
-    Returns each role's artifact (the run record's roles).
-    """
-    dataset = call("fetch_dataset", FETCH_DATASET, config.data)
-    teacher_tokens = call("tokenize_teacher", TOKENIZE, config.teacher_tokens, dataset=dataset)
-    student_tokens = (teacher_tokens if config.shared_tokenizer else
-                      call("tokenize_student", TOKENIZE, config.student_tokens, dataset=dataset))
-    teacher_model = call("fine_tune_teacher", FINE_TUNE_TEACHER, config.teacher, tokens=teacher_tokens)
-    augmented = call("augment_data", AUGMENT_DATA, config.augment, dataset=dataset)
-    soft = call("soft_labels", SOFT_LABELS, config.soft_labels, tokens=teacher_tokens, teacher=teacher_model, augmented=augmented)
-    student_model = call("distil_student", DISTIL_STUDENT, config.student, tokens=student_tokens, soft_labels=soft,
-                         augmented=augmented, teacher=teacher_model, teacher_tokens=teacher_tokens)
-    student_onnx = call("export_onnx", EXPORT_ONNX, config.export, model=student_model, tokens=student_tokens)
-    if config.quantize.method == "qat":
-        student_int8 = call("qat_student", QAT_STUDENT, config.qat, tokens=student_tokens, student=student_model)
-    else:
-        student_int8 = call("quantize", QUANTIZE, config.quantize, onnx=student_onnx, tokens=student_tokens)
-    evaluation = call("evaluate", EVALUATE, config.evaluate, teacher_tokens=teacher_tokens, teacher=teacher_model,
-                      student_tokens=student_tokens, student=student_model, student_int8=student_int8)
-    return {"dataset": dataset, "teacher_tokens": teacher_tokens, "student_tokens": student_tokens, "teacher": teacher_model,
-            "augmented": augmented, "soft_labels": soft, "student": student_model, "student_onnx": student_onnx,
-            "student_int8": student_int8, "evaluation": evaluation}
 
 
 class StageRunner:

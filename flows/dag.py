@@ -1,0 +1,107 @@
+"""The pipeline, declared once, as data: every step, the stage it runs, where its
+parameters come from, which artifacts it reads and the role its own artifact plays.
+
+Everything else is derived from `STEPS`: the order the flow runs them in (`run_dag`,
+used by the flow, `explain`/`status` and bench/pipeline.py alike), the step names
+(`STEP_NAMES`), the roles a run record holds (`ROLES`), and the diagram in the README
+(`diagram()`, which tests/test_dag.py holds the README to).
+
+A role names an artifact by what it is to the run (`student_tokens`, `student_int8`);
+predict, the benchmarks and explain read roles from a run's record. A step reads its
+stage's inputs from roles: `reads={"tokens": "student_tokens"}` hands the artifact in
+role `student_tokens` to the stage's input `tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from artifacts.stage import Stage
+from artifacts.store import ArtifactRef
+from flows.config import PipelineConfig
+from tasks import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    stage: Stage
+    section: str  # the PipelineConfig attribute holding its parameters
+    fills: str  # the role of the artifact it makes
+    reads: dict[str, str] = field(default_factory=dict)  # stage input -> role that feeds it
+    when: str = ""  # a condition on the config, in words (RUNS_WHEN holds its test); "": always
+    otherwise: str = ""  # when it does not run: the role that fills its role instead ("": none)
+    takes_place_of: str = ""  # an alternative to that step, not part of the default DAG
+
+
+# Conditions a step runs under, by the words `Step.when` uses.
+RUNS_WHEN: dict[str, Callable[[PipelineConfig], bool]] = {
+    "the student's tokenizer differs": lambda config: not config.shared_tokenizer,
+    "--quantize-method ptq": lambda config: config.quantize.method != "qat",
+    "--quantize-method qat": lambda config: config.quantize.method == "qat",
+}
+
+STEPS: tuple[Step, ...] = (
+    Step("fetch_dataset", fetch.STAGE, "data", fills="dataset"),
+    Step("tokenize_teacher", tokenize.STAGE, "teacher_tokens", fills="teacher_tokens", reads={"dataset": "dataset"}),
+    Step("tokenize_student", tokenize.STAGE, "student_tokens", fills="student_tokens", reads={"dataset": "dataset"},
+         when="the student's tokenizer differs", otherwise="teacher_tokens"),
+    Step("fine_tune_teacher", teacher.STAGE, "teacher", fills="teacher", reads={"tokens": "teacher_tokens"}),
+    Step("augment_data", augment.STAGE, "augment", fills="augmented", reads={"dataset": "dataset"}),
+    Step("soft_labels", soft_labels.STAGE, "soft_labels", fills="soft_labels",
+         reads={"tokens": "teacher_tokens", "teacher": "teacher", "augmented": "augmented"}),
+    Step("distil_student", distil.STAGE, "student", fills="student",
+         reads={"tokens": "student_tokens", "soft_labels": "soft_labels", "augmented": "augmented", "teacher": "teacher",
+                "teacher_tokens": "teacher_tokens"}),
+    Step("export_onnx", export.STAGE, "export", fills="student_onnx", reads={"model": "student", "tokens": "student_tokens"}),
+    Step("quantize", quantize.STAGE, "quantize", fills="student_int8", reads={"onnx": "student_onnx", "tokens": "student_tokens"},
+         when="--quantize-method ptq"),
+    Step("qat_student", qat.STAGE, "qat", fills="student_int8", reads={"tokens": "student_tokens", "student": "student"},
+         when="--quantize-method qat", takes_place_of="quantize"),
+    Step("evaluate", evaluate.STAGE, "evaluate", fills="evaluation",
+         reads={"teacher_tokens": "teacher_tokens", "teacher": "teacher", "student_tokens": "student_tokens",
+                "student": "student", "student_int8": "student_int8"}),
+)
+
+# The steps of a run with the defaults, in order (an alternative such as qat_student excluded).
+STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS if not step.takes_place_of)
+# Every role a run record holds, in DAG order (the run's report is added by the flow).
+ROLES: tuple[str, ...] = tuple(dict.fromkeys(step.fills for step in STEPS))
+STAGES: tuple[Stage, ...] = tuple(dict.fromkeys(step.stage for step in STEPS))
+
+# call(step, stage, params, **inputs) -> ArtifactRef: a Prefect task (flows/pipeline.py
+# StageRunner), a dry run (explain) or a plain call (bench/pipeline.py).
+CallStage = Callable[..., Any]
+
+
+def runs(step: Step, config: PipelineConfig) -> bool:
+    return not step.when or RUNS_WHEN[step.when](config)
+
+
+def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
+    """Every step that runs under `config`, in order, each fed the roles it reads; returns each role's artifact."""
+    roles: dict[str, Any] = {}
+    for step in STEPS:
+        if runs(step, config):
+            inputs = {name: roles[role] for name, role in step.reads.items()}
+            roles[step.fills] = call(step.name, step.stage, getattr(config, step.section), **inputs)
+        elif step.otherwise:
+            roles[step.fills] = roles[step.otherwise]
+    return roles
+
+
+def diagram() -> str:
+    """The DAG as text, one step a line: what it reads, the role it fills, when it runs."""
+    lines = []
+    width = max(len(f"{s.name}({', '.join(dict.fromkeys(s.reads.values()))})") for s in STEPS)
+    for step in STEPS:
+        call = f"{step.name}({', '.join(dict.fromkeys(step.reads.values()))})"
+        note = ""
+        if step.when:
+            note = f"  when {step.when}" + (f"; else {step.otherwise}" if step.otherwise else "")
+            if step.takes_place_of:
+                note += f", in place of {step.takes_place_of}"
+        lines.append(f"{call:<{width}} -> {step.fills}{note}")
+    lines.append(f"{'report(evaluation)':<{width}} -> report (every run, cached or not)")
+    return "\n".join(lines)

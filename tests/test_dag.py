@@ -1,0 +1,51 @@
+"""flows/dag.py: the pipeline declared once; the run order, step names, roles and the README's
+diagram all come from its table."""
+
+from __future__ import annotations
+
+from conftest import REPO
+from flows.dag import ROLES, STEP_NAMES, STEPS, diagram, run_dag
+from flows.presets import build_config, emotion
+
+
+def walk(config):
+    """Which steps run, in order, and what each is handed (role artifacts stood in by role names)."""
+    calls = []
+
+    def call(step, stage, params, **inputs):
+        calls.append((step, stage.name, type(params).__name__, inputs))
+        return next(s.fills for s in STEPS if s.name == step)
+
+    return calls, run_dag(config, call)
+
+
+def test_default_run_takes_the_default_steps_in_order_and_fills_every_role():
+    calls, roles = walk(build_config(emotion(), smoke=True))
+    assert [c[0] for c in calls] == list(STEP_NAMES)
+    assert tuple(roles) == tuple(r for r in ROLES)  # every role, in DAG order
+    step = {c[0]: c for c in calls}
+    assert step["tokenize_student"][1] == "tokenize" and step["tokenize_student"][2] == "TokenizeParams"
+    assert step["distil_student"][3] == {"tokens": "student_tokens", "soft_labels": "soft_labels", "augmented": "augmented",
+                                         "teacher": "teacher", "teacher_tokens": "teacher_tokens"}
+
+
+def test_conditions_skip_or_swap_steps():
+    shared = build_config(emotion(), smoke=True, overrides={"student": {"init": "teacher"}})
+    calls, roles = walk(shared)
+    assert "tokenize_student" not in [c[0] for c in calls] and roles["student_tokens"] == roles["teacher_tokens"]
+    qat = build_config(emotion(), smoke=True, overrides={"quantize": {"method": "qat"}})
+    names = [c[0] for c in walk(qat)[0]]
+    assert "qat_student" in names and "quantize" not in names
+    assert names.index("qat_student") == STEP_NAMES.index("quantize")
+
+
+def test_every_step_reads_roles_filled_before_it_and_feeds_every_stage_input():
+    filled = set()
+    for step in STEPS:
+        assert set(step.reads) == set(step.stage.inputs), step.name
+        assert set(step.reads.values()) <= filled, step.name
+        filled.add(step.fills)
+
+
+def test_the_readme_shows_the_dag_as_the_table_declares_it():
+    assert f"```\n{diagram()}\n```" in (REPO / "README.md").read_text()
