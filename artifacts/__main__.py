@@ -1,32 +1,28 @@
-"""The cache command: python -m artifacts [--store ROOT] COMMAND
+"""The cache command: python -m artifacts [--store ROOT] COMMAND (also `distillery list|verify|gc`)
 
   list                       every artifact: kind, stage, age, size, what points at it
   verify [--repair]          check every file of every artifact; --repair deletes broken ones
                              (their stages recompute on the next run)
-  explain [WORKLOAD OPTIONS] for each stage, whether the next run would be cached, and if
-                             not, which parameter, upstream artifact, code module, library
-                             version or source file changed since the artifact it made last
-                             (--workload PRESET, --name NAME: the workload's latest run)
   gc [--delete]              artifacts no key note, old record, alias or downstream artifact needs, old
                              staging folders, checkpoints of finished or abandoned stages,
                              key notes of deleted artifacts; listed, deleted with --delete
+
+Why a stage would or would not rerun needs the pipeline, which this package never imports:
+that is `distillery status` (or `distillery explain`), with `distillery run`'s flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from artifacts.edge import add_store_argument
 from artifacts.lineage import age_seconds, entries, referenced, roots
 from artifacts.records import record_keys
-from artifacts.store import DEFAULT_STORE, DIGEST_PATTERN, ArtifactStore
-
-EXIT_BAD_INPUT = 2
+from artifacts.store import DIGEST_PATTERN, ArtifactStore
 
 
 def _size(n: int) -> str:
@@ -116,33 +112,6 @@ def _mtime(store: ArtifactStore, path: str) -> float:
         return 0.0  # never completed: as old as can be
 
 
-def cmd_explain(store: ArtifactStore, args: argparse.Namespace) -> int:
-    from flows.explain import explain  # needs the pipeline's configuration and stages
-    from tasks.errors import DistilleryError
-
-    overrides: dict[str, dict] = {}
-    for item in args.set or []:
-        name, _, value = item.partition("=")
-        section, _, field = name.partition(".")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        overrides.setdefault(section, {})[field] = parsed
-    try:
-        lines = explain(store, args.workload, args.data, args.smoke, overrides, name=args.name)
-    except DistilleryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for line in lines:
-        print(line)
-    return 0
-
-
-def add_store_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE), help="store root (env DISTILLERY_STORE)")
-
-
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -157,20 +126,11 @@ def _gc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-days", type=float, default=7, help="delete checkpoints of unfinished stages older than this")
 
 
-def _explain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", default="emotion", help="the preset: emotion, sst2 or generic")
-    parser.add_argument("--name", help="the workload's name, whose latest run the stages are compared with (default: the preset's)")
-    parser.add_argument("--data", default=os.environ.get("DISTILLERY_DATA"), help="data source (env DISTILLERY_DATA)")
-    parser.add_argument("--smoke", action="store_true", help="the smoke-sized preset")
-    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="a stage parameter, e.g. quantize.approach=static")
-
-
 # command -> (what runs it, one line of help, what adds its arguments)
 COMMANDS = {
     "list": (cmd_list, "list artifacts, their sizes and what references each", _no_arguments),
     "verify": (cmd_verify, "check every artifact's checksums", _verify_arguments),
     "gc": (cmd_gc, "delete what nothing references", _gc_arguments),
-    "explain": (cmd_explain, "why each stage would (not) rerun", _explain_arguments),
 }
 
 

@@ -11,6 +11,7 @@ links by the input names stages happen to use.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -82,3 +83,53 @@ def runs_naming(store: ArtifactStore, role: str, digest: str) -> list[RunRecord]
         if role in record.roles and record.roles[role].digest == digest:
             found.append(record)
     return sorted(found, key=lambda r: r.created, reverse=True)
+
+
+INT8_ROLE = "student_int8"
+DIGEST_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+def find_run(store: ArtifactStore, name: str | None, workload: str | None = None) -> RunRecord:
+    """The run record `name` means, for predict and the benchmarks alike.
+
+    `name`: an alias, or a digest (or unique prefix of 6+ characters) of a run record or
+    of a run's INT8 student; None: `<workload>/latest`. With `workload`, a run of another
+    workload is refused, and of several runs naming one INT8 student, that workload's
+    newest is taken. StoreError, saying what to pass instead, for anything else.
+    """
+    if name is None:
+        return latest_run(store, workload or "emotion")
+    if DIGEST_PREFIX.match(name):
+        matches = [d for d in store.digests() if d.startswith(name)]
+        if len(matches) > 1:
+            raise StoreError(f"digest prefix {name!r} matches {len(matches)} artifacts in {store.root}: give more characters")
+        if not matches:
+            raise StoreError(f"no artifact with digest {name!r} in {store.root}: "
+                             f"list them with `distillery list --store {store.root}`")
+        digest = matches[0]
+    else:
+        try:
+            digest = store.resolve_alias(name).digest
+        except StoreError:
+            known = ", ".join(store.aliases()) or "none yet"
+            raise StoreError(f"no alias {name!r} in store {store.root} (aliases: {known}); run a workload "
+                             f"first, e.g. `distillery run --preset emotion`, or pass a model digest") from None
+    try:
+        manifest = store.manifest(digest)
+    except FileNotFoundError:
+        raise StoreError(f"{name!r} names artifact {digest[:12]}, which is no longer in {store.root}: rerun the "
+                         f"workload to rebuild it") from None
+    if manifest.get("kind") == RUN_KIND:
+        record = read_run(store, digest)
+    else:
+        runs = runs_naming(store, INT8_ROLE, digest)
+        if not runs:
+            raise StoreError(
+                f"{name!r} is a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, and no run "
+                f"record names it as its INT8 model: pass the alias <workload>/latest, a run record's digest, "
+                f"or the digest of a run's INT8 model")
+        record = next((run for run in runs if run.workload == workload), runs[0])
+    if workload is not None and record.workload != workload:
+        raise StoreError(f"{name!r} is a run of workload {record.workload!r}, not {workload!r}: "
+                         f"pass --workload {record.workload}")
+    return record

@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from artifacts.edge import add_store_argument  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -143,7 +144,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--accuracy", action="store_true", help="train the full schedule in each precision and score test accuracy")
-    parser.add_argument("--store", default=".distillery", help="store the --accuracy teachers are cached in")
+    add_store_argument(parser, help="store the --accuracy teachers are cached in")
     parser.add_argument("--smoke", action="store_true", help="--accuracy on the smoke preset's slice and schedule (tests)")
     parser.add_argument("--out", type=Path, help="JSON output (default: bench/results/precision-<model>.json)")
     args = parser.parse_args()

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from artifacts.runs import read_run  # noqa: E402
 from artifacts.store import ArtifactStore  # noqa: E402
 from bench.command import ref_of  # noqa: E402
+from artifacts.edge import add_store_argument  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -128,7 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="emotion", choices=["emotion", "sst2"])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--store", default=".distillery")
+    add_store_argument(parser)
     parser.add_argument("--only", help="comma-separated variant names (default: all)")
     parser.add_argument("--extra", default="", help="flags added to every variant (e.g. a chosen recipe), space-separated")
     parser.add_argument("--results", help="result file name, without suffix (default: recipe-<workload>); required with --extra")

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel
 
+from artifacts.edge import add_store_argument, bad_input
 from flows.config import SECTIONS, PipelineConfig
 from flows.laptop_server import LaptopServer, quiet_defaults
 from flows.presets import GENERIC, PRESETS, Overrides, build_config
@@ -38,7 +39,6 @@ ENVIRONMENT = {("data", "source"): "DISTILLERY_DATA"}
 DERIVED = {("tokenize", "tokenizer"), ("soft_labels", "precision"), ("soft_labels", "device")}
 # --device sets both training stages' device.
 DEVICE_SECTIONS = ("teacher", "student")
-EXIT_BAD_INPUT = 2
 
 
 def _flag(section: str, field: str) -> str:
@@ -88,8 +88,7 @@ def build_parser(workload: str, preset: PipelineConfig, prog: str | None = None,
     parser.add_argument("--name", help="the workload's name: store aliases NAME/latest and NAME/report, the report's "
                         "title, the Prefect run's name and tags (lower-case letters, digits, - and _; default: the preset's "
                         "name; required for the generic preset)")
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", ".distillery"),
-                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    add_store_argument(parser)
     if summary:
         parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")
     parser.add_argument("--smoke", action="store_true", help="small data slice and a tiny model: the whole DAG in minutes")
@@ -174,11 +173,6 @@ def overrides_from_args(preset: PipelineConfig, args: argparse.Namespace) -> tup
     return data, overrides
 
 
-def bad_input(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-
-
 @contextlib.contextmanager
 def flow_server(server: LaptopServer | None) -> Iterator[None]:
     """The flow's API: the booted temporary server, unless Prefect has a server configured
@@ -261,7 +255,7 @@ def run_command(argv: list[str] | None, preset: str | None = None, prog: str | N
         raise
     try:
         with flow_server(server):
-            summary = distillery(**request.flow_parameters())
+            summary = distillery(**request.flow_parameters(), checked=config.model_dump(mode="json"))
     except DistilleryError as exc:
         return bad_input(str(exc))
     print(format_table(summary))

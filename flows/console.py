@@ -5,11 +5,12 @@
     distillery status --name reviews --data ./my-data --student-seed 7   # what that run would recompute
     distillery predict --name reviews "arrived late, works fine"
     distillery report --name reviews [--open]
-    distillery list | verify | gc | explain                                 # the store (python -m artifacts)
+    distillery explain --name reviews --data ./my-data --student-seed 7  # status, one line per step
+    distillery list | verify | gc                                          # the store (python -m artifacts)
 
-Every verb has --help. The verbs are thin: `run` and `status` parse the workload's
-flags with flows/cli.py, `status` and `explain` walk the DAG with flows/explain.py,
-`predict` is flows/predict.py, `list`, `verify`, `gc` and `explain` are the cache
+Every verb has --help. The verbs are thin: `run`, `status` and `explain` parse the
+workload's flags with flows/cli.py, `status` and `explain` walk the DAG with
+flows/explain.py, `predict` is flows/predict.py, `list`, `verify` and `gc` are the cache
 command (artifacts/__main__.py). The older entry points (`python flows/emotion.py`,
 `python -m artifacts ...`, `python flows/predict.py`) run the same code.
 """
@@ -17,16 +18,15 @@ command (artifacts/__main__.py). The older entry points (`python flows/emotion.p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import webbrowser
 from pathlib import Path
 from typing import Callable
 
+from artifacts.edge import EXIT_BAD_INPUT, add_store_argument, bad_input
 from tasks.errors import DistilleryError
 
 PROG = "distillery"
-EXIT_BAD_INPUT = 2
 EXIT_NOT_OPENED = 1
 Verb = Callable[[list[str], str], int]  # (arguments after the verb, prog) -> exit status
 
@@ -47,18 +47,23 @@ STATUS_DESCRIPTION = (
     "version, a data file, an upstream artifact).")
 
 
-def status(argv: list[str], prog: str) -> int:
-    from flows.cli import bad_input, quiet_defaults, parse_request
+def walk(argv: list[str], prog: str):
+    """The steps `distillery run` with these flags would take, cached or not (flows/explain.py); bad input raises."""
+    from flows.cli import quiet_defaults, parse_request
 
     quiet_defaults()
-    try:
-        request, _ = parse_request(argv, prog=prog, description=STATUS_DESCRIPTION, summary=False)
-        request.config()  # every bad input refused here, naming the flag, before the DAG is walked
-        from artifacts.store import ArtifactStore
-        from flows.explain import step_statuses
+    request, _ = parse_request(argv, prog=prog, description=STATUS_DESCRIPTION, summary=False)
+    request.config()  # every bad input refused here, naming the flag, before the DAG is walked
+    from artifacts.store import ArtifactStore
+    from flows.explain import step_statuses
 
-        steps = step_statuses(ArtifactStore(request.store), request.preset, request.data, request.smoke,
-                              request.overrides, request.name)
+    return request, step_statuses(ArtifactStore(request.store), request.preset, request.data, request.smoke,
+                                  request.overrides, request.name)
+
+
+def status(argv: list[str], prog: str) -> int:
+    try:
+        request, steps = walk(argv, prog)
     except DistilleryError as exc:
         return bad_input(str(exc))
     name = request.name or request.preset
@@ -68,6 +73,17 @@ def status(argv: list[str], prog: str) -> int:
     rerun = [step.step for step in steps if not step.cached]
     print(f"{len(steps) - len(rerun)} of {len(steps)} steps cached" +
           (f"; {len(rerun)} would run: {', '.join(rerun)}" if rerun else "; nothing to recompute"))
+    return 0
+
+
+def explain(argv: list[str], prog: str) -> int:
+    """`status` as one line per step, `<step>: cached (...)` or `<step>: would run: <reasons>`."""
+    try:
+        _, steps = walk(argv, prog)
+    except DistilleryError as exc:
+        return bad_input(str(exc))
+    for step in steps:
+        print(step.line)
     return 0
 
 
@@ -87,14 +103,13 @@ def store_command(command: str) -> Verb:
 
 
 def report(argv: list[str], prog: str) -> int:
-    from artifacts.store import DEFAULT_STORE, ArtifactStore, StoreError
+    from artifacts.store import ArtifactStore, StoreError
 
     parser = argparse.ArgumentParser(prog=prog, description="Print where the latest report of a workload is "
                                      "(report.md and its plots, alias NAME/report); --open opens it.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--name", default="emotion", help="the workload's name")
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
-                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    add_store_argument(parser)
     parser.add_argument("--open", action="store_true", help="open report.md with the desktop's viewer (the browser)")
     args = parser.parse_args(argv)
     store = ArtifactStore(args.store)
@@ -102,10 +117,8 @@ def report(argv: list[str], prog: str) -> int:
         folder = store.open(store.resolve_alias(f"{args.name}/report"))  # a remote store's is fetched to the local cache
     except StoreError as exc:
         known = sorted(alias.rsplit("/", 1)[0] for alias in store.aliases() if alias.endswith("/report"))
-        print(f"error: no report for workload {args.name!r} in {store.root} ({exc}); workloads with a report: "
-              f"{', '.join(known) or 'none yet'}. Run it first, e.g. `distillery run --name {args.name} --data PATH`",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(f"no report for workload {args.name!r} in {store.root} ({exc}); workloads with a report: "
+                         f"{', '.join(known) or 'none yet'}. Run it first, e.g. `distillery run --name {args.name} --data PATH`")
     path = Path(folder) / "report.md"
     print(path)
     if args.open and not webbrowser.open(path.resolve().as_uri()):
@@ -120,7 +133,7 @@ VERBS: dict[str, tuple[Verb, str]] = {
     "status": (status, "per step, whether `run` with the same flags would be cached or recompute, and why"),
     "predict": (predict, "classify texts with a workload's latest INT8 model"),
     "report": (report, "print the path of a workload's latest report; --open opens it"),
-    "explain": (store_command("explain"), "why each stage would (not) rerun, as `python -m artifacts explain`"),
+    "explain": (explain, "status, one line per step: why each would (not) rerun"),
     "list": (store_command("list"), "list the store's artifacts, sizes and what references each"),
     "verify": (store_command("verify"), "check every artifact's checksums; --repair deletes broken ones"),
     "gc": (store_command("gc"), "list (or --delete) what nothing references"),

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +28,12 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
-from artifacts.runs import RUN_KIND, RunRecord, read_run, runs_naming
-from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
+from artifacts.edge import add_store_argument, bad_input
+from artifacts.runs import INT8_ROLE, RunRecord, find_run
+from artifacts.store import ArtifactStore, StoreError
 from tasks.errors import DistilleryError
 
-EXIT_BAD_INPUT = 2
-MODEL_ROLE, TOKENS_ROLE = "student_int8", "student_tokens"
-PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
+MODEL_ROLE, TOKENS_ROLE = INT8_ROLE, "student_tokens"
 
 
 @dataclass
@@ -56,44 +53,6 @@ class Classifier:
             exp = np.exp(logits - logits.max(1, keepdims=True))
             out.append(exp / exp.sum(1, keepdims=True))
         return np.concatenate(out)
-
-
-def find_run(store: ArtifactStore, name: str) -> RunRecord:
-    """An alias, a digest or a unique digest prefix (of a run record or a run's INT8 model) -> the run record."""
-    if PREFIX.match(name):
-        matches = [d for d in store.digests() if d.startswith(name)]
-        if len(matches) > 1:
-            raise DistilleryError(f"digest prefix {name!r} matches {len(matches)} artifacts in {store.root}: give more characters")
-        if not matches:
-            raise DistilleryError(f"no artifact with digest {name!r} in {store.root}: "
-                                  f"list them with `python -m artifacts --store {store.root} list`")
-        manifest = store.manifest(matches[0])
-        ref = ArtifactRef(kind=manifest["kind"], digest=matches[0])
-        if manifest.get("kind") != RUN_KIND:
-            runs = runs_naming(store, MODEL_ROLE, ref.digest)
-            if not runs:
-                raise DistilleryError(
-                    f"{name!r} is a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, and no run "
-                    f"record names it as its INT8 model: pass the alias <workload>/latest, a run record's digest, "
-                    f"or the digest of a run's INT8 model")
-            return runs[0]
-    else:
-        try:
-            ref = store.resolve_alias(name)
-        except StoreError:
-            known = ", ".join(store.aliases()) or "none yet"
-            raise DistilleryError(f"no alias {name!r} in store {store.root} (aliases: {known}); run a workload "
-                                  f"first, e.g. `distillery run --preset emotion`, or pass a model digest") from None
-        try:
-            manifest = store.manifest(ref)
-        except FileNotFoundError:
-            raise DistilleryError(f"alias {name!r} points at artifact {ref.short}, which is no longer in "
-                                  f"{store.root}: rerun the workload to rebuild it") from None
-    if manifest.get("kind") != RUN_KIND:
-        raise DistilleryError(
-            f"{name!r} names a {manifest.get('kind')} artifact made by stage {manifest.get('stage')!r}, not a run: "
-            f"pass the alias <workload>/latest, a run record's digest, or the digest of a run's INT8 model")
-    return read_run(store, ref)
 
 
 def load_classifier(store: ArtifactStore, run: RunRecord) -> Classifier:
@@ -166,8 +125,7 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
                         f"(default: <name>/latest, i.e. {DEFAULT_WORKLOAD}/latest)")
     parser.add_argument("--name", help=f"the workload whose latest run to use, as --model NAME/latest (default: {DEFAULT_WORKLOAD})")
     parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
-    parser.add_argument("--store", default=os.environ.get("DISTILLERY_STORE", DEFAULT_STORE),
-                        help="artifact store root: a folder or fsspec URI (env DISTILLERY_STORE)")
+    add_store_argument(parser)
     args = parser.parse_args(argv)
     try:
         if args.model and args.name:
@@ -180,8 +138,7 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
                                   f"(`distillery run --preset emotion`) or pass --store / DISTILLERY_STORE")
         results = predict(store, model, [text for _, text in items])
     except (DistilleryError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(str(exc))
     for result in results:
         stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     return 0

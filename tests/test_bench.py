@@ -33,7 +33,7 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     first = run_bench("compare", store, tmp_path / "compare.json")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for built in ("teacher-onnx", "teacher-int8", "student-qat"):
-        assert f"building emotion/compare/{built}" in first.stdout
+        assert f"built emotion/compare/{built}" in first.stdout
     result = json.loads((tmp_path / "compare.json").read_text())
     models = result["models"]
     assert list(models) == ["teacher FP32 PyTorch", "teacher FP32 ONNX", "teacher INT8 (INC)", "student FP32 PyTorch",
@@ -67,13 +67,13 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     # by their cache keys instead of rebuilding them.
     compare = bench_module("compare")
     again = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams())
-    assert "building" not in capsys.readouterr().out
+    assert "built " not in capsys.readouterr().out
     assert {name: ref.digest for name, ref in again.items()} == result["artifacts"]
     # --int8 names the run by its record (alias or digest) or by its INT8 student, and refuses anything else.
     for start in (result["artifacts"]["student_int8"], summary["run"], "emotion/latest"):
         found = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams(), start)
         assert {name: ref.digest for name, ref in found.items()} == result["artifacts"], start
-    with pytest.raises(SystemExit, match="neither an alias nor a full artifact digest"):
+    with pytest.raises(SystemExit, match="no alias 'emotion/nothing'"):
         compare.find_run(ArtifactStore(store), "emotion", "emotion/nothing")
     with pytest.raises(SystemExit, match="made by stage 'fine_tune_teacher', and no run record names it"):
         compare.find_run(ArtifactStore(store), "emotion", result["artifacts"]["teacher"])
@@ -195,9 +195,9 @@ def test_precision_pair_trains_each_side_once_and_a_rerun_only_scores(tmp_path, 
     precision = bench_module("precision")
     store = str(tmp_path / "store")
     first = precision.accuracy_pair(str(emotion_dir), "tiny-mpnet", store, smoke=True)
-    assert capsys.readouterr().out.count("building") == 4  # the data, its tokens, one teacher per precision
+    assert capsys.readouterr().out.count("  built ") == 4  # the data, its tokens, one teacher per precision
     again = precision.accuracy_pair(str(emotion_dir), "tiny-mpnet", store, smoke=True)
-    assert "building" not in capsys.readouterr().out
+    assert "built " not in capsys.readouterr().out
     assert again == first
     artifacts = ArtifactStore(store)
     for side in ("fp32", "bf16"):

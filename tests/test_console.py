@@ -26,7 +26,7 @@ VERB_OPTIONS = {
     "status": ["--preset", "--name", "--data", "--smoke", "--student-seed", "--quantize-approach"],
     "predict": ["--name", "--model", "--file", "--store"],
     "report": ["--name", "--open", "--store"],
-    "explain": ["--workload", "--name", "--set", "--store"],
+    "explain": ["--preset", "--name", "--data", "--smoke", "--student-seed", "--quantize-approach", "--store"],
     "list": ["--store"],
     "verify": ["--repair", "--store"],
     "gc": ["--delete", "--min-age-minutes", "--store"],
@@ -148,7 +148,7 @@ def test_predict_by_name_or_alias_is_the_same_model(capsys, smoke_store):
     assert code == 2 and "not both" in err
 
 
-def test_store_verbs_are_the_cache_commands(capsys, smoke_store):
+def test_store_verbs_are_the_cache_commands_and_explain_takes_the_run_flags(capsys, smoke_store):
     store, args, run = smoke_store
     code, out, _ = distillery(capsys, "list", "--store", store)
     assert code == 0 and "12 artifacts" in out and "alias emotion/latest" in out
@@ -156,7 +156,8 @@ def test_store_verbs_are_the_cache_commands(capsys, smoke_store):
     assert code == 0 and out.strip().endswith("12 artifacts checked, 0 broken")
     code, out, _ = distillery(capsys, "gc", "--store", store)  # a dry run: lists, deletes nothing
     assert code == 0 and "would delete 0 artifacts" in out
-    code, out, _ = distillery(capsys, "explain", "--store", store, "--smoke", "--data", args[2], "--set", "quantize.approach=static")
+    code, out, _ = distillery(capsys, "explain", "--preset", "emotion", "--store", store, "--smoke", "--data", args[2],
+                              "--quantize-approach", "static")
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert code == 0 and "parameter approach: dynamic -> static" in lines["quantize"]
     assert ArtifactStore(store).resolve_alias("emotion/latest").digest == run.summary["run"]

@@ -1,4 +1,4 @@
-"""`python -m artifacts`: list, verify, gc and explain on a real store."""
+"""`python -m artifacts` (list, verify, gc) and `distillery explain` on a real store."""
 
 import json
 import shutil
@@ -17,6 +17,14 @@ def cache(store: Path, *args: str) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run([sys.executable, "-m", "artifacts", "--store", str(store), *args], cwd=REPO,
+                          env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+
+
+def explain(store: Path, *args: str) -> subprocess.CompletedProcess:
+    """`distillery explain` (the run's own flags), as a user runs it."""
+    import os
+
+    return subprocess.run([sys.executable, "-m", "flows.console", "explain", "--preset", "emotion", "--store", str(store), *args], cwd=REPO,
                           env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
 
 
@@ -82,14 +90,14 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
 
 def test_explain_names_what_changed(cold, tmp_path):
     store = store_copy(cold, tmp_path)
-    same = cache(store, "explain", "--smoke", "--data", cold[1][2])
+    same = explain(store, "--smoke", "--data", cold[1][2])
     assert same.returncode == 0, same.stderr
     assert all(": cached" in line for line in same.stdout.splitlines()), same.stdout
     # A cached step says what computed it, from its manifest: thread counts are not keyed.
     teacher = next(line for line in same.stdout.splitlines() if line.startswith("fine_tune_teacher:"))
     ran = ArtifactStore(str(store)).manifest(cold[2].summary["stages"]["fine_tune_teacher"]["artifact"])["runtime"]
     assert f"made on {ran['cpus']} CPU" in teacher and f", {ran['torch_threads']} torch thread" in teacher, teacher
-    changed = cache(store, "explain", "--smoke", "--data", cold[1][2], "--set", "quantize.approach=static")
+    changed = explain(store, "--smoke", "--data", cold[1][2], "--quantize-approach", "static")
     lines = dict(line.split(": ", 1) for line in changed.stdout.splitlines())
     assert lines["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in lines["quantize"]
     assert "upstream quantize reruns" in lines["evaluate"]
@@ -136,7 +144,7 @@ def test_a_store_without_key_notes_is_found_by_manifest_and_migrated(cold, tmp_p
     store, found by their manifests; the next run notes their keys."""
     store = store_copy(cold, tmp_path)
     shutil.rmtree(store / "keys")
-    explained = cache(store, "explain", *cold[1])
+    explained = explain(store, *cold[1])
     assert explained.returncode == 0, explained.stderr
     lines = explained.stdout.splitlines()
     assert len(lines) == len(STEP_NAMES), explained.stdout
@@ -148,7 +156,7 @@ def test_a_store_without_key_notes_is_found_by_manifest_and_migrated(cold, tmp_p
     assert ({step: s["artifact"] for step, s in run.summary["stages"].items()}
             == {step: s["artifact"] for step, s in cold[2].summary["stages"].items()})
     assert all(noted(artifacts_of(store), s["artifact"]) for s in run.summary["stages"].values())  # noted on the way
-    again = cache(store, "explain", *cold[1]).stdout
+    again = explain(store, *cold[1]).stdout
     assert all(": cached" in line and "found by" not in line for line in again.splitlines()), again
 
 
@@ -164,7 +172,7 @@ def test_a_store_of_old_prefect_records_keeps_working(cold, tmp_path):
     for key in artifacts.noted_keys():
         (store / "records" / key).write_text(old_prefect_record(artifacts.made_under(key)))
     shutil.rmtree(store / "keys")
-    explained = cache(store, "explain", *cold[1]).stdout
+    explained = explain(store, *cold[1]).stdout
     assert all(": cached" in line and "found by an old Prefect cache record" in line for line in explained.splitlines()), explained
     run = run_cli([*cold[1], "--store", str(store)], tmp_path)
     assert run.code == 0 and set(run.states().values()) == {"cached"}, run.output[-3000:]
