@@ -153,7 +153,11 @@ def resolve(workload: Workload, data: str | None, smoke: bool, overrides: Overri
     if workload not in PRESETS:
         raise DistilleryError(f"unknown preset {workload!r}: use one of {', '.join(PRESETS)}")
     config = build_config(PRESETS[workload](), data or os.environ.get("DISTILLERY_DATA"), smoke, overrides, name=name)
-    return config, store or os.environ.get("DISTILLERY_STORE") or DEFAULT_STORE
+    return config, store_root(store)
+
+
+def store_root(store: str | None) -> str:
+    return store or os.environ.get("DISTILLERY_STORE") or DEFAULT_STORE
 
 
 def run_tags(name: str, preset: str, smoke: bool) -> list[str]:
@@ -191,6 +195,7 @@ def distillery(
     overrides: Overrides | None = None,
     store: str | None = None,
     name: str | None = None,
+    checked: dict | None = None,
 ) -> dict:
     """Fetch, tokenize, fine-tune a teacher, soft-label, distil a student, export, quantize, evaluate.
 
@@ -200,11 +205,17 @@ def distillery(
     {"quantize": {"approach": "static"}} or {"data": {"text_column": "body"}}; store:
     artifact store root (default: env DISTILLERY_STORE, else .distillery); name: the
     workload's name (aliases <name>/latest and <name>/report, report title, run name
-    and tags; default: the preset's name, required for generic).
+    and tags; default: the preset's name, required for generic); checked: the whole
+    configuration, already built from these and checked by the caller (flows/cli.py),
+    so it is used as it is: a run builds and checks its configuration once.
     """
-    config, store = resolve(workload, data, smoke, overrides, store, name)
+    if checked is None:
+        config, store = resolve(workload, data, smoke, overrides, store, name)
+    else:
+        config, store = PipelineConfig.model_validate(checked), store_root(store)
     flow_run = tag_run(run_tags(config.name, workload, smoke))
-    preflight(config)
+    if checked is None:
+        preflight(config)
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
 
