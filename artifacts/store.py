@@ -111,6 +111,8 @@ class ArtifactStore:
         # Verification hashes whole files; remember what already passed in this process,
         # keyed by size and mtime so a file changed behind our back is hashed again.
         self._verified: dict[str, tuple] = {}
+        # Local copies of remote artifacts hashed in this process, by their files' sizes and mtimes.
+        self._copies: dict[str, tuple] = {}
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root!r})"
@@ -190,9 +192,9 @@ class ArtifactStore:
                     raise
             workdir.mkdir()  # the caller's context manager expects to remove it
         else:
-            for name in files:
-                self.fs.put_file(str(workdir / name), f"{target}/{name}")
-            self.fs.put_file(str(workdir / MANIFEST), f"{target}/{MANIFEST}")
+            names = sorted(files)
+            self.fs.put([str(workdir / name) for name in names], [f"{target}/{name}" for name in names])  # one bulk put
+            self.fs.put_file(str(workdir / MANIFEST), f"{target}/{MANIFEST}")  # last: its presence publishes
         return ref
 
     def remove(self, digest: str) -> None:
@@ -208,7 +210,13 @@ class ArtifactStore:
             return json.load(handle)
 
     def verify(self, ref: ArtifactRef | str) -> Verification:
-        """Check that the artifact exists and every file matches its manifest."""
+        """Check that the artifact exists and every file matches its manifest.
+
+        Sizes are checked where the files are; contents are hashed once per process (while
+        the files' sizes, mtimes and ETags stay as they were). A remote artifact is hashed
+        by fetching it into the machine's cache (one bulk get) and hashing that copy, which
+        `open` then hands out without fetching or hashing it again.
+        """
         digest = ref.digest if isinstance(ref, ArtifactRef) else ref
         base = self.object_path(digest)
         try:
@@ -232,26 +240,55 @@ class ArtifactStore:
             stamp.append((name, info.get("size"), info.get("mtime"), info.get("ETag")))
         if self._verified.get(digest) == tuple(stamp):
             return Verification(True)
-        for name, expected in sorted(files.items()):
-            if sha256_file(f"{base}/{name}", self.fs) != expected:
-                return Verification(False, f"file {name} fails its checksum")
+        if self.is_local:
+            for name, expected in sorted(files.items()):
+                if sha256_file(f"{base}/{name}", self.fs) != expected:
+                    return Verification(False, f"file {name} fails its checksum")
+        else:
+            problem = self._fetch(digest, files)
+            if problem:
+                return Verification(False, problem)
         self._verified[digest] = tuple(stamp)
         return Verification(True)
 
+    def _cached_copy(self, digest: str) -> Path:
+        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
+        return cache / digest
+
+    def _fetch(self, digest: str, files: dict[str, str]) -> str:
+        """Download a remote artifact's files into the machine's cache and hash them there; "" or what is wrong."""
+        local = self._cached_copy(digest)
+        partial = local.with_name(f"{digest}.{uuid.uuid4().hex}.partial")
+        partial.mkdir(parents=True)
+        try:
+            names = sorted(files)
+            self.fs.get([f"{self.object_path(digest)}/{name}" for name in names], [str(partial / name) for name in names])
+            problem = _mismatch(checksum_tree(partial), files)
+            if problem:
+                return problem
+            shutil.rmtree(local, ignore_errors=True)
+            os.rename(partial, local)
+            self._copies[digest] = _folder_stamp(local)
+            return ""
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+
     def open(self, ref: ArtifactRef) -> Path:
-        """A local folder holding the verified artifact (downloaded once if remote)."""
+        """A local folder holding the verified artifact (a remote one fetched once, by `verify`)."""
         check = self.verify(ref)
         if not check.ok:
             raise StoreError(f"artifact {ref.kind} {ref.short} cannot be used: {check.problem}")
         if self.is_local:
             return Path(self.object_path(ref.digest))
-        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
-        local = cache / ref.digest
-        if not local.exists() or checksum_tree(local) != self.manifest(ref)["files"]:
-            partial = cache / f"{ref.digest}.{uuid.uuid4().hex}.partial"
-            self.fs.get(self.object_path(ref.digest) + "/", str(partial), recursive=True)
-            shutil.rmtree(local, ignore_errors=True)
-            os.rename(partial, local)
+        local = self._cached_copy(ref.digest)
+        files = self.manifest(ref)["files"]
+        if self._copies.get(ref.digest) == _folder_stamp(local):
+            return local  # the copy fetched and hashed in this process, untouched since
+        if not local.exists() or _mismatch(checksum_tree(local), files):  # the cache was cleared or altered
+            problem = self._fetch(ref.digest, files)
+            if problem:
+                raise StoreError(f"artifact {ref.kind} {ref.short} cannot be used: {problem}")
+        self._copies[ref.digest] = _folder_stamp(local)
         return local
 
     def digests(self) -> list[str]:
@@ -332,3 +369,22 @@ class ArtifactStore:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _mismatch(found: dict[str, str], expected: dict[str, str]) -> str:
+    """What differs between a copy's checksums and its manifest's ("" if nothing)."""
+    for name, sha in sorted(expected.items()):
+        if name not in found:
+            return f"file {name} is missing"
+        if found[name] != sha:
+            return f"file {name} fails its checksum"
+    extra = sorted(set(found) - set(expected))
+    return f"files {extra} are not in its manifest" if extra else ""
+
+
+def _folder_stamp(folder: Path) -> tuple:
+    """Names, sizes and mtimes of a folder's files: unchanged, a copy hashed once need not be hashed again."""
+    if not folder.exists():
+        return ()
+    return tuple((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in sorted(folder.rglob("*")) if p.is_file())

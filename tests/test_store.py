@@ -117,3 +117,24 @@ def test_store_works_on_any_fsspec_filesystem():
     assert (local / "model.onnx").read_bytes() == b"onnx bytes"
     store.fs.rm(f"{store.object_path(ref.digest)}/model.onnx")
     assert not ArtifactStore("memory://distillery-test-store").verify(ref).ok
+
+
+def test_a_remote_artifact_is_fetched_and_hashed_once_per_process(monkeypatch, tmp_path):
+    import fsspec.implementations.memory as memory
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    store = ArtifactStore("memory://distillery-fetch-once")
+    ref = publish(store, {"model.onnx": b"onnx bytes", "config.json": b"{}"})
+    fetched, hashed = [], []
+    real_get, real_sha = memory.MemoryFileSystem.get, __import__("artifacts.store", fromlist=["x"]).sha256_file
+    monkeypatch.setattr(memory.MemoryFileSystem, "get", lambda self, *a, **k: fetched.append(a) or real_get(self, *a, **k))
+    import artifacts.store as module
+
+    monkeypatch.setattr(module, "sha256_file", lambda *a, **k: hashed.append(a[0]) or real_sha(*a, **k))
+    reader = ArtifactStore("memory://distillery-fetch-once")
+    for _ in range(3):
+        assert reader.verify(ref).ok
+        assert (reader.open(ref) / "model.onnx").read_bytes() == b"onnx bytes"
+    assert len(fetched) == 1 and len(hashed) == 2  # one bulk get of both files, each hashed once, locally
+    store.fs.pipe(f"{store.object_path(ref.digest)}/model.onnx", b"ONNX BYTES")  # altered in place, same size
+    assert not ArtifactStore("memory://distillery-fetch-once").verify(ref).ok  # a new process hashes what is there
