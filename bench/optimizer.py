@@ -59,19 +59,13 @@ def plain_loop(model, ids, labels, batches, params, pad_id) -> float:
 
 
 def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
-    from artifacts.stage import Progress, run_stage
-    from artifacts.store import ArtifactStore
-    from flows.pipeline import resolve
-    from tasks import fetch, tokenize
-    from tasks.formats import open_tokens
+    from artifacts.stage import Progress
+    from bench.precision import teacher_tokens
     from tasks.models import load_classifier
     from tasks.training import batch_plan, classification_loss, train
 
-    config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
-    store = ArtifactStore(str(workdir / "store"))
+    config, tokens = teacher_tokens(data, model_name, workdir)
     quiet = Progress(lambda message: None, bar=False)
-    dataset = run_stage(fetch.STAGE, config.data, {}, store, quiet)
-    tokens = open_tokens(store.open(run_stage(tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
     ids, labels = tokens.split("train")
     base = config.teacher.model_copy(update={"epochs": 1, "max_steps": steps, "device": "cpu"})
     batches = batch_plan([len(s) for s in ids], base)  # the batches train() will see: the same for every side

@@ -34,21 +34,29 @@ from bench.machine import machine, machine_line  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 
 
-def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
+def teacher_tokens(data: str, model_name: str, workdir: Path):
+    """The emotion preset's configuration with this teacher, and the teacher's tokens of `data`, made in a scratch store."""
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
     from flows.pipeline import resolve
     from tasks import fetch, tokenize
     from tasks.formats import open_tokens
-    from tasks.models import load_classifier
-    from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
-    from tasks.training import classification_loss, train
 
     config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
     store = ArtifactStore(str(workdir / "store"))
     quiet = Progress(lambda message: None, bar=False)
     dataset = run_stage(fetch.STAGE, config.data, {}, store, quiet)
-    tokens = open_tokens(store.open(run_stage(tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
+    return config, open_tokens(store.open(run_stage(tokenize.STAGE, config.teacher_tokens, {"dataset": dataset}, store, quiet)))
+
+
+def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
+    from artifacts.stage import Progress
+    from tasks.models import load_classifier
+    from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
+    from tasks.training import classification_loss, train
+
+    config, tokens = teacher_tokens(data, model_name, workdir)
+    quiet = Progress(lambda message: None, bar=False)
     ids, labels = tokens.split("train")
     epochs = steps * config.teacher.batch_size / len(ids)
     measured: dict[str, list[float]] = {"fp32": [], "bf16": []}

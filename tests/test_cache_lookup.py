@@ -67,23 +67,25 @@ def test_local_store_finds_an_unnoted_artifact_by_its_manifest_and_never_a_broke
     assert look_up(store, fetch.STAGE, key, {}).ref is None  # neither the note nor the manifest is followed to it
 
 
-def test_an_old_prefect_record_is_followed_as_plain_json_and_migrated(emotion_slice):
+def unnoted_dataset(emotion_slice):
+    """A remote store holding a dataset artifact whose key note is gone: (store, params, key, ref)."""
     store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
     params = DataParams(source=str(emotion_slice))
     key = fetch.STAGE.key(params, {})
     ref = run_stage(fetch.STAGE, params, {}, store)
     store.forget_key(key)
+    return store, params, key, ref
+
+
+def test_an_old_prefect_record_is_followed_as_plain_json_and_migrated(emotion_slice):
+    store, params, key, ref = unnoted_dataset(emotion_slice)
     store.fs.pipe(f"{store.records_path}/{key}", old_prefect_record(ref).encode())
     found = cached_or_run(fetch.STAGE, params, {}, store, quiet())
     assert found.cached and found.origin == "record" and store.made_under(key) == ref
 
 
 def test_a_record_naming_other_code_is_refused_never_imported(emotion_slice):
-    store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
-    params = DataParams(source=str(emotion_slice))
-    key = fetch.STAGE.key(params, {})
-    ref = run_stage(fetch.STAGE, params, {}, store)
-    store.forget_key(key)
+    store, _, key, ref = unnoted_dataset(emotion_slice)
     for record in (old_prefect_record(ref, object_decoder="os.system"),
                    # Prefect's coerce_old_format would let top-level keys override the checked ones
                    json.dumps({**json.loads(old_prefect_record(ref)), "serializer": {"type": "pickle"}, "data": "gASV"})):
