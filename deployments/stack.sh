@@ -2,7 +2,7 @@
 # The team stack on one machine, every service bound to loopback unless configured:
 #   PostgreSQL (the Prefect server's database, a cluster in the stack folder),
 #   the Prefect server, Redis (stage locks shared by all workers),
-#   a local S3 API (moto) holding the shared artifact store and Prefect's results,
+#   a local S3 API (moto) holding the shared artifact store (and its cache index),
 #   a `process` work pool and its workers.
 #
 #   deployments/stack.sh up [N]     start everything, with N workers (default 2)
