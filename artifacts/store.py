@@ -82,6 +82,11 @@ def sha256_file(path: str | Path, fs: fsspec.AbstractFileSystem | None = None) -
     return digest.hexdigest()
 
 
+def machine_cache() -> Path:
+    """This machine's own folder (env DISTILLERY_CACHE): copies of remote artifacts, lock files of a remote store."""
+    return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
+
+
 def content_digest(kind: str, files: dict[str, str]) -> str:
     """The artifact's identity: its kind and the checksum of every file, by path."""
     canonical = json.dumps({"kind": kind, "files": files}, sort_keys=True, separators=(",", ":"))
@@ -128,7 +133,7 @@ class ArtifactStore:
         """Lock files for stage keys: in the store when local, else in a local folder."""
         if self.is_local:
             return Path(self.path) / "locks"
-        return Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery")) / "locks"
+        return machine_cache() / "locks"
 
     def object_path(self, digest: str) -> str:
         if not DIGEST_PATTERN.match(digest):
@@ -252,8 +257,7 @@ class ArtifactStore:
         return Verification(True)
 
     def _cached_copy(self, digest: str) -> Path:
-        cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
-        return cache / digest
+        return machine_cache() / digest
 
     def _fetch(self, digest: str, files: dict[str, str]) -> str:
         """Download a remote artifact's files into the machine's cache and hash them there; "" or what is wrong."""
