@@ -270,8 +270,21 @@ class ArtifactStore:
             problem = _mismatch(checksum_tree(partial), files)
             if problem:
                 return problem
-            shutil.rmtree(local, ignore_errors=True)
-            os.rename(partial, local)
+            # Workers on one machine share the cache: a good copy another made (or is reading)
+            # stays; only a damaged one is swapped out, by renames, never emptied in place.
+            if local.exists() and not _mismatch(checksum_tree(local), files):
+                self._copies[digest] = _folder_stamp(local)
+                return ""
+            damaged = local.with_name(f"{digest}.{uuid.uuid4().hex}.damaged")
+            if local.exists():
+                os.rename(local, damaged)
+            try:
+                os.rename(partial, local)
+            except OSError:  # another process put its copy there first
+                if _mismatch(checksum_tree(local), files):
+                    return "the machine's cached copy keeps changing under this process"
+            finally:
+                shutil.rmtree(damaged, ignore_errors=True)
             self._copies[digest] = _folder_stamp(local)
             return ""
         finally:

@@ -121,7 +121,7 @@ REFUSED = {
     "a layer map with every layer loss off": (["--student-layer-map", "0"], "all of them are off"),
     "a negative step floor": (["--student-min-steps", "-5"], "greater than or equal to 0"),
     "a floor above the budget": (["--teacher-min-steps", "50", "--teacher-max-steps", "10"], "exceeds max_steps"),
-    "patience without validation checks": (["--student-patience", "2"], "needs validation checks"),
+    "patience without validation checks": (["--student-validations", "0", "--student-patience", "2"], "needs validation checks"),
     "patience as long as the checks": (["--student-validations", "3", "--student-patience", "3"], "must be below validations"),
 }
 

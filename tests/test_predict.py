@@ -104,7 +104,7 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
         "folder_as_file": (["--file", str(tmp_path)], "", "it is a folder", "one text per line"),
         "binary_file": (["--file", str(tmp_path / "blob.bin")], "", "not UTF-8 text", "one text per line"),
         "not_a_model": (["--model", teacher[:12], "hi"], "", "made by stage 'fine_tune_teacher', and no run record names it", "<workload>/latest"),
-        "unknown_digest": (["--model", "0123456789ab", "hi"], "", "no artifact with digest '0123456789ab'", "artifacts"),
+        "unknown_digest": (["--model", "0123456789ab", "hi"], "", "no artifact with digest '0123456789ab'", "distillery list"),
         "missing_store": (["--store", str(tmp_path / "no-store"), "hi"], "", "no artifact store at", "--store"),
         "args_and_file": (["--file", str(text_file), "hi"], "", "not both", "--file"),
         "empty_stdin": ([], "\n\n", "no text to classify", "no lines"),

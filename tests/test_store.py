@@ -138,3 +138,17 @@ def test_a_remote_artifact_is_fetched_and_hashed_once_per_process(monkeypatch, t
     assert len(fetched) == 1 and len(hashed) == 2  # one bulk get of both files, each hashed once, locally
     store.fs.pipe(f"{store.object_path(ref.digest)}/model.onnx", b"ONNX BYTES")  # altered in place, same size
     assert not ArtifactStore("memory://distillery-fetch-once").verify(ref).ok  # a new process hashes what is there
+
+
+def test_workers_sharing_a_machine_cache_keep_a_good_copy_and_replace_a_damaged_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    publish(ArtifactStore("memory://distillery-shared-cache"), {"model.onnx": b"onnx bytes"})
+    ref = publish(ArtifactStore("memory://distillery-shared-cache"), {"model.onnx": b"onnx bytes"})
+    first = ArtifactStore("memory://distillery-shared-cache").open(ref)
+    inode = (first / "model.onnx").stat().st_ino
+    second = ArtifactStore("memory://distillery-shared-cache").open(ref)  # another worker: verifies, keeps the copy
+    assert second == first and (second / "model.onnx").stat().st_ino == inode
+    (first / "model.onnx").write_bytes(b"ONNX BYTES")  # damaged on this machine
+    third = ArtifactStore("memory://distillery-shared-cache").open(ref)
+    assert (third / "model.onnx").read_bytes() == b"onnx bytes"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [ref.digest]  # nothing left behind
