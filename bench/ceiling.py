@@ -12,7 +12,7 @@ way to a stronger teacher when no larger pretrained model is at hand), and each
 Models may read different tokenizers: each runs on its own tokens, and the ensemble
 joins their logits by dataset row (every tokens artifact of a dataset holds its rows
 in the same order). FP32 PyTorch, validation and test split, accuracy and macro-F1
-(tasks/measure.py), batched as the evaluate stage batches. Prints and writes a
+(tasks/measure/metrics.py), batched as the evaluate stage batches. Prints and writes a
 markdown table and JSON.
 """
 
@@ -32,9 +32,9 @@ from bench.command import find_run, ref_of  # noqa: E402
 from bench.compare import aligned_split  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks.formats import Tokens, model_folder, open_tokens  # noqa: E402
-from tasks.measure import classification_report  # noqa: E402
-from tasks.models import load_trained  # noqa: E402
-from tasks.training import predict_logits  # noqa: E402
+from tasks.measure.metrics import classification_report  # noqa: E402
+from tasks.models.loading import load_trained  # noqa: E402
+from tasks.training.loop import predict_logits  # noqa: E402
 
 SHOWN_PARAMS = {"fine_tune_teacher": ("model", "learning_rate", "epochs", "seed"),
                 "distil_student": ("init", "layers", "loss", "hard_label_weight", "hidden_weight", "epochs", "seed")}

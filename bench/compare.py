@@ -16,9 +16,9 @@ INT8 ONNX) is built, or reused, the same way.
 Teacher and student may read different tokenizers: every model is measured on its
 own tokens of the same test rows (the run's two tokens artifacts are row-aligned).
 For each variant: accuracy, macro-F1 and per-class F1 on the test split
-(tasks/measure.py, as the evaluate stage scores), batch-1 latency p50/p95 over test
+(tasks/measure/metrics.py, as the evaluate stage scores), batch-1 latency p50/p95 over test
 sentences at their real lengths (all variants timed in turns, `--rounds` of them,
-each reporting its median round: see tasks/measure.py), throughput at batch 32 (test
+each reporting its median round: see tasks/measure/metrics.py), throughput at batch 32 (test
 order, padded per batch), file size, and each one's ratio to the teacher in FP32
 PyTorch. Writes JSON and a markdown table.
 """
@@ -42,11 +42,11 @@ from artifacts.store import ArtifactRef, ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
 from bench.command import find_run  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
-from tasks import export, qat, quantize  # noqa: E402
-from tasks.batching import pad  # noqa: E402
+from tasks.stages import export, qat, quantize  # noqa: E402
+from tasks.data.batching import pad  # noqa: E402
 from tasks.formats import Tokens, onnx_file, open_tokens  # noqa: E402
-from tasks.measure import Predict, interleaved_latency_ms, quality  # noqa: E402
-from tasks.predictors import onnx_predictor, torch_predictor  # noqa: E402
+from tasks.measure.metrics import Predict, interleaved_latency_ms, quality  # noqa: E402
+from tasks.measure.predictors import onnx_predictor, torch_predictor  # noqa: E402
 
 BASELINE = "teacher FP32 PyTorch"
 RUN_ROLES = ("teacher_tokens", "student_tokens", "teacher", "student", "student_onnx", "student_int8")

@@ -29,10 +29,10 @@ from bench import command  # noqa: E402
 from bench.command import find_run  # noqa: E402
 from bench.compare import cached_with_alias, evaluation_sentences, export_params_of  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
-from tasks import export, quantize  # noqa: E402
+from tasks.stages import export, quantize  # noqa: E402
 from tasks.formats import model_folder, onnx_file, open_tokens  # noqa: E402
-from tasks.measure import interleaved_latency_ms, quality  # noqa: E402
-from tasks.predictors import onnx_predictor  # noqa: E402
+from tasks.measure.metrics import interleaved_latency_ms, quality  # noqa: E402
+from tasks.measure.predictors import onnx_predictor  # noqa: E402
 
 MODELS = {"teacher": "teacher_tokens", "student": "student_tokens"}  # model role -> the role of the tokens it reads
 

@@ -5,7 +5,7 @@
 For every workload name, its latest run (the run record `<name>/latest`): the data set's
 size and classes, the teacher's and the INT8 student's test accuracy and macro-F1 (as
 `evaluate` measured them), the per-class gap on test and the validation shortfall that
-run reported (both by tasks/measure.py `shortfall`, the same rule), and each stage's
+run reported (both by tasks/measure/metrics.py `shortfall`, the same rule), and each stage's
 time as recorded in its artifact's manifest (the time it took when it was computed).
 Nothing is recomputed here. Writes bench/results/generality.{json,md}.
 """
@@ -25,7 +25,7 @@ from artifacts.runs import latest_run  # noqa: E402
 from artifacts.store import ArtifactStore  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
 from tasks.formats import read_evaluation  # noqa: E402
-from tasks.measure import shortfall  # noqa: E402
+from tasks.measure.metrics import shortfall  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

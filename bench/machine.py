@@ -28,7 +28,7 @@ def _first_cpu() -> dict[str, str]:
 
 
 def machine() -> dict:
-    from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags
+    from tasks.training.device import NATIVE_BF16_FLAGS, cpu_flags
 
     cpuinfo = _first_cpu()
     cpu = cpuinfo.get("model name") or platform.processor()

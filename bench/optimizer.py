@@ -5,7 +5,7 @@
 
 Three sides on the same model, the same real emotion batches (the teacher's batch plan,
 length-grouped, batch 32) and the precision `auto` resolves to here:
-- `train, default AdamW`: tasks/training.py's loop with `fused_optimizer=False` (before);
+- `train, default AdamW`: tasks/training/loop.py's loop with `fused_optimizer=False` (before);
 - `train, fused AdamW`: the same loop as the pipeline now runs it (after);
 - `plain loop, fused AdamW`: forward, backward, clip, step, zero_grad and nothing else
   (no schedule, progress or checkpoint checks): what the training loop's own overhead
@@ -37,9 +37,9 @@ def plain_loop(model, ids, labels, batches, params, pad_id) -> float:
     import torch
     import torch.nn.functional as F
 
-    from tasks.batching import pad
-    from tasks.precision import autocast
-    from tasks.training import _optimizer
+    from tasks.data.batching import pad
+    from tasks.training.device import autocast
+    from tasks.training.loop import _optimizer
 
     device, precision = params.runs_on()
     model.to(device).train()
@@ -61,8 +61,8 @@ def plain_loop(model, ids, labels, batches, params, pad_id) -> float:
 def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
     from artifacts.stage import Progress
     from bench.precision import teacher_tokens
-    from tasks.models import load_classifier
-    from tasks.training import batch_plan, classification_loss, train
+    from tasks.models.loading import load_classifier
+    from tasks.training.loop import batch_plan, classification_loss, train
 
     config, tokens = teacher_tokens(data, model_name, workdir)
     quiet = Progress(lambda message: None, bar=False)

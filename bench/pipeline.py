@@ -169,10 +169,10 @@ def padding_throughput(data: str, steps: int, workdir: Path) -> dict:
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
     from flows.pipeline import resolve
-    from tasks import fetch, tokenize
+    from tasks.stages import fetch, tokenize
     from tasks.formats import open_tokens
-    from tasks.models import load_classifier
-    from tasks.training import classification_loss, train
+    from tasks.models.loading import load_classifier
+    from tasks.training.loop import classification_loss, train
 
     config, _ = resolve("emotion", data, False, None, None)
     store = ArtifactStore(str(workdir / "throughput"))

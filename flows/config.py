@@ -7,19 +7,19 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from tasks.augment import AugmentParams
-from tasks.distil import FROM_TEACHER, StudentParams
-from tasks.distil import layer_losses as distil_layer_losses
+from tasks.stages.augment import AugmentParams
+from tasks.stages.distil import FROM_TEACHER, StudentParams
+from tasks.stages.distil import layer_losses as distil_layer_losses
 from tasks.errors import DistilleryError
-from tasks.evaluate import EvaluateParams
-from tasks.export import ExportParams
-from tasks.models import tokenizer_source
-from tasks.qat import QATParams
-from tasks.quantize import QuantizeParams
-from tasks.soft_labels import SoftLabelParams
-from tasks.sources import DataParams
-from tasks.teacher import TeacherParams
-from tasks.tokenize import TokenizeParams
+from tasks.stages.evaluate import EvaluateParams
+from tasks.stages.export import ExportParams
+from tasks.models.loading import tokenizer_source
+from tasks.stages.qat import QATParams
+from tasks.stages.quantize import QuantizeParams
+from tasks.stages.soft_labels import SoftLabelParams
+from tasks.data.sources import DataParams
+from tasks.stages.teacher import TeacherParams
+from tasks.stages.tokenize import TokenizeParams
 
 # One segment of a store alias (artifacts/store.py's ALIAS_PATTERN), without its dots
 # and underscores: the name also makes Prefect artifact keys (<name>-report), which

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef
 from flows.config import PipelineConfig
-from tasks import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
+from tasks.stages import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ note, one computation per key however many runs ask at once); Prefect runs the t
 keeps its state (`Cached` or `Completed`), logs, progress artifact and retries, and
 caches nothing itself, so no second index can disagree with the store's.
 
-After the stages, every run writes its report (tasks/report.py) and publishes it
+After the stages, every run writes its report (tasks/stages/report.py) and publishes it
 as Prefect markdown and table artifacts from the flow itself, so a run served
 entirely from the cache still shows what it delivered. Last it publishes its run
 record (artifacts/runs.py): which artifact plays which role; `<workload>/latest`
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_client, get_run_logger, runtime, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -42,12 +42,12 @@ from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
 from flows.publish import artifact_key, publish_report, write_report
 from flows.dag import STEP_NAMES, run_dag  # noqa: F401  (STEP_NAMES: the DAG's steps, for callers of the flow)
-from tasks import distil
-from tasks.alignment import vocabulary_alignment
+from tasks.stages import distil
+from tasks.models.alignment import vocabulary_alignment
 from tasks.errors import DistilleryError
 from tasks.formats import read_evaluation
-from tasks.models import check_weights, load_config, load_tokenizer
-from tasks.sources import is_hub_id, load_splits
+from tasks.models.loading import check_weights, load_config, load_tokenizer
+from tasks.data.sources import is_hub_id, load_splits
 
 def preflight(config: PipelineConfig) -> None:
     """Every check that needs no training, so bad input fails in seconds, storing nothing."""

@@ -9,7 +9,7 @@
 record), or a full digest or unique digest prefix of a run record or of a run's INT8
 model. The run record names the model (role `student_int8`) and the tokens it was
 trained on (role `student_tokens`), whose tokenizer and settings encode the text
-(tasks/encoding.py, as the pipeline did). Prints one JSON line per text:
+(tasks/data/encoding.py, as the pipeline did). Prints one JSON line per text:
 {"text", "label", "scores"}.
 
 Everything the user gave is checked before the model is loaded: a missing store,
@@ -39,11 +39,11 @@ MODEL_ROLE, TOKENS_ROLE = INT8_ROLE, "student_tokens"
 @dataclass
 class Classifier:
     session: object
-    encoder: object  # tasks.encoding.Encoder
+    encoder: object  # tasks.data.encoding.Encoder
     labels: list[str]
 
     def scores(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        from tasks.batching import pad
+        from tasks.data.batching import pad
 
         out = []
         for start in range(0, len(texts), batch_size):
@@ -57,9 +57,9 @@ class Classifier:
 
 def load_classifier(store: ArtifactStore, run: RunRecord) -> Classifier:
     """The run's INT8 model, and the encoder of the tokens it was trained on."""
-    from tasks.encoding import encoder_of
+    from tasks.data.encoding import encoder_of
     from tasks.formats import onnx_file, open_tokens
-    from tasks.onnx_runtime import onnx_session
+    from tasks.onnx.session import onnx_session
 
     tokens = open_tokens(store.open(run.role(TOKENS_ROLE)))
     session = onnx_session(onnx_file(store.open(run.role(MODEL_ROLE))))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from flows.config import SECTIONS, PipelineConfig, check_workload_name
 from tasks.errors import DistilleryError
-from tasks.precision import resolve_device, resolve_precision
+from tasks.training.device import resolve_device, resolve_precision
 
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]  # dair-ai/emotion ClassLabel order
 SST2_LABELS = ["negative", "positive"]

@@ -1,6 +1,6 @@
 """The run's report, written as a stage and shown as Prefect artifacts.
 
-The report stage (tasks/report.py) is never cached: it describes this run, including
+The report stage (tasks/stages/report.py) is never cached: it describes this run, including
 which steps were cached. The flow publishes it as markdown and table artifacts so a
 run served entirely from the cache still shows in the UI what it delivered: the
 markdown carries the plots inline (data: URIs), the table reads like report.md's, and
@@ -20,7 +20,9 @@ from prefect.cache_policies import NO_CACHE
 
 from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactRef, ArtifactStore
-from tasks import report
+from tasks.report.markdown import SMOKE_NOTE
+from tasks.report.rows import readable_model_rows
+from tasks.stages import report
 
 
 def artifact_key(*words: str) -> str:
@@ -62,9 +64,9 @@ def publish_report(workload: str, store: ArtifactStore, ref: ArtifactRef, smoke:
     body = embed_images((folder / "report.md").read_text(), folder) + (
         f"\nPlots (PNG) and this report: `{location}` (alias `{workload}/report`).\n"
     )
-    note = f" ({report.SMOKE_NOTE})" if smoke else ""
+    note = f" ({SMOKE_NOTE})" if smoke else ""
     create_markdown_artifact(body, key=artifact_key(workload, "report"), description=f"{workload} run report{note}")
-    rows = report.readable_model_rows(json.loads((folder / "models.json").read_text()))
+    rows = readable_model_rows(json.loads((folder / "models.json").read_text()))
     create_table_artifact(rows, key=artifact_key(workload, "models"),
                           description=f"accuracy, latency and size per model{note}")
     return location

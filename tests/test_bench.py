@@ -54,7 +54,7 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     assert result["artifacts"]["teacher_tokens"] == steps["tokenize_teacher"]["artifact"]
     assert result["artifacts"]["student_tokens"] == steps["tokenize_student"]["artifact"]
     assert result["tokenizers"] == {"teacher": "tiny-mpnet", "student": "minilm"}
-    # --quick keeps all of the smoke run's 150 test rows, so every figure is the evaluate stage's (tasks/measure.py).
+    # --quick keeps all of the smoke run's 150 test rows, so every figure is the evaluate stage's (tasks/measure/metrics.py).
     assert result["test_sentences"] == 150
     for name, model in (("teacher FP32 PyTorch", "teacher"), ("student FP32 PyTorch", "student"), ("student INT8 (INC)", "student_int8")):
         for metric in ("accuracy", "macro_f1", "per_class_f1"):
@@ -118,10 +118,10 @@ def test_fusion_bench_measures_plain_and_fused_graphs_of_both_models(cold, tmp_p
 def test_ceiling_measures_every_teacher_their_ensemble_and_their_students(cold, tmp_path, emotion_dir):
     from artifacts.stage import Progress, run_stage
     from flows.presets import build_config, emotion
-    from tasks import fetch, teacher, tokenize
+    from tasks.stages import fetch, teacher, tokenize
     from tasks.formats import model_folder, open_tokens
-    from tasks.models import load_trained
-    from tasks.training import predict_logits
+    from tasks.models.loading import load_trained
+    from tasks.training.loop import predict_logits
 
     ceiling = bench_module("ceiling")
     store = ArtifactStore(store_copy(cold, tmp_path))

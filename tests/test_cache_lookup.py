@@ -11,9 +11,9 @@ from artifacts.progress import Progress
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import old_prefect_record
-from tasks import fetch, tokenize
-from tasks.sources import DataParams
-from tasks.tokenize import TokenizeParams
+from tasks.stages import fetch, tokenize
+from tasks.data.sources import DataParams
+from tasks.stages.tokenize import TokenizeParams
 
 
 def quiet() -> Progress:

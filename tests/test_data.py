@@ -9,9 +9,9 @@ import pytest
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import DATA_ROOT, EMOTION_LABELS, sst2_phrases, tree_state, write_emotion_slice
-from tasks import fetch
-from tasks.phrases import constituents, full_sentences, sentence_holdout
-from tasks.sources import DataParams, load_splits
+from tasks.stages import fetch
+from tasks.data.phrases import constituents, full_sentences, sentence_holdout
+from tasks.data.sources import DataParams, load_splits
 from tasks.errors import DistilleryError
 
 

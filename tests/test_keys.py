@@ -7,8 +7,8 @@ import pytest
 
 from artifacts.keys import cache_key, canonical_json, code_fingerprint, forget_code
 from artifacts.store import ArtifactRef
-from tasks import fetch, quantize
-from tasks.sources import DataParams
+from tasks.stages import fetch, quantize
+from tasks.data.sources import DataParams
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_docstring_edits_do_not_count_but_strings_in_the_code_do(fake_tasks_pack
 
 def every_stage():
     from flows.dag import STAGES
-    from tasks import report
+    from tasks.stages import report
 
     return [*STAGES, report.STAGE]
 
@@ -103,25 +103,25 @@ def test_helper_edits_reach_exactly_the_stages_that_run_them():
     matrix = coverage()
     print("\nFIGURE change matrix (helper: stages it recomputes):\n" + "\n".join(
         f"  {module}: {', '.join(sorted(names))}" for module, names in sorted(matrix.items())))
-    assert matrix["tasks.sources"] == {"fetch_dataset"}  # reading the data: only the stage that reads it
-    assert matrix["tasks.phrases"] == {"fetch_dataset", "augment_data"}  # sentence holdout; sentence-only variants
-    assert matrix["tasks.predictors"] == {"evaluate"}
-    assert matrix["tasks.onnx_export"] == {"export_onnx", "qat_student"}
-    assert matrix["tasks.onnx_runtime"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
-    assert matrix["tasks.training"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
-    assert matrix["tasks.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student"}
-    assert matrix["tasks.precision"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
-    assert "quantize" not in matrix["tasks.models"]  # it never loads a PyTorch model
+    assert matrix["tasks.data.sources"] == matrix["tasks.data.files"] == matrix["tasks.data.labels"] == {"fetch_dataset"}  # reading the data: only the stage that reads it
+    assert matrix["tasks.data.phrases"] == {"fetch_dataset", "augment_data"}  # sentence holdout; sentence-only variants
+    assert matrix["tasks.measure.predictors"] == {"evaluate"}
+    assert matrix["tasks.onnx.graph"] == {"export_onnx", "qat_student"}
+    assert matrix["tasks.onnx.session"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
+    assert matrix["tasks.training.loop"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
+    assert matrix["tasks.data.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student"}
+    assert matrix["tasks.training.device"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
+    assert "quantize" not in matrix["tasks.models.loading"]  # it never loads a PyTorch model
     assert len(matrix["tasks.formats"]) == len(every_stage())  # every stage reads or writes artifacts
 
 
 def test_key_changes_with_each_input_and_only_then():
     base = dict(stage="quantize", params={"approach": "dynamic"}, upstream={"onnx": "a" * 64},
-                code={"tasks.quantize": "1"}, versions={"onnxruntime": "1.31.1"})
+                code={"tasks.stages.quantize": "1"}, versions={"onnxruntime": "1.31.1"})
     key = cache_key(**base)
     assert cache_key(**base) == key
     for field, value in [("params", {"approach": "static"}), ("upstream", {"onnx": "b" * 64}),
-                         ("code", {"tasks.quantize": "2"}), ("versions", {"onnxruntime": "1.32"}),
+                         ("code", {"tasks.stages.quantize": "2"}), ("versions", {"onnxruntime": "1.32"}),
                          ("stage", "evaluate")]:
         assert cache_key(**{**base, field: value}) != key, field
 

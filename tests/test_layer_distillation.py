@@ -4,24 +4,23 @@ refusals before any work, and the stage on a teacher whose ids are the student's
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from artifacts.stage import Progress, run_stage
+from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import EMOTION_LABELS, tree_state, write_emotion_slice
-from tasks import augment, distil, fetch, soft_labels, teacher, tokenize
-from tasks.alignment import aligned_rows, piece_names, student_to_teacher_ids, vocabulary_alignment
-from tasks.batching import pad
-from tasks.encoding import encoder_for
+from tasks.stages import augment, distil, fetch, soft_labels, teacher, tokenize
+from tasks.models.alignment import aligned_rows, piece_names, student_to_teacher_ids, vocabulary_alignment
+from tasks.data.batching import pad
+from tasks.data.encoding import encoder_for
 from tasks.errors import DistilleryError
-from tasks.layer_distillation import (attention_loss, check_layer_map, embedding_loss, hidden_loss, uniform_layer_map)
-from tasks.models import load_classifier, load_tokenizer
-from tasks.sources import DataParams
+from tasks.training.layer_losses import (attention_loss, check_layer_map, embedding_loss, hidden_loss, uniform_layer_map)
+from tasks.models.loading import load_classifier, load_tokenizer
+from tasks.data.sources import DataParams
 
 TEXTS = ["i feel so happy today", "im not sure what to think about the unbelievably complicated paperwork",
          "he was furious", "a tweet with a hashtag rendezvous and a typo wondefrul"]
@@ -144,7 +143,7 @@ def shifted_teacher(tmp_path_factory, emotion_dir):
     trained, soft-labelled, with the tiny BERT student's MiniLM tokens beside its own."""
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from tasks.models import TINY_SHAPE, _resolve
+    from tasks.models.loading import TINY_SHAPE, _resolve
 
     root = tmp_path_factory.mktemp("shifted")
     folder = root / "tiny-mpnet-shared-pieces"

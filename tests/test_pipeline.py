@@ -10,14 +10,13 @@ import sys
 
 import pytest
 
-import json
 
 from artifacts.runs import latest_run
 from artifacts.stage import run_stage
 from artifacts.store import ArtifactStore
 from conftest import REPO, copy_project, run_cli, store_copy
 from flows.pipeline import STEP_NAMES
-from tasks import augment, soft_labels
+from tasks.stages import augment, soft_labels
 
 TEACHER_AND_DOWN = {"fine_tune_teacher", "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate"}
 
@@ -96,7 +95,7 @@ def run_with_edit(cold, tmp_path, module_name: str, old: str, new: str):
 
 
 def test_data_reading_helper_edit_reruns_only_fetch_when_the_rows_are_the_same(cold, tmp_path):
-    run = run_with_edit(cold, tmp_path, "sources.py", 'raise DistilleryError(f"{where} is empty: it needs',
+    run = run_with_edit(cold, tmp_path, "data/labels.py", 'raise DistilleryError(f"{where} is empty: it needs',
                         'raise DistilleryError(f"{where} has no rows: it needs')
     assert run.computed() == {"fetch_dataset"}  # its output is byte-identical: everything downstream stays cached
     assert run.summary["stages"]["fetch_dataset"]["artifact"] == cold[2].summary["stages"]["fetch_dataset"]["artifact"]
@@ -123,17 +122,17 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
 
 
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
-    run = run_with_edit(cold, tmp_path, "distil.py", "        soft = ((student_logits - teacher_logits) ** 2).mean(-1)",
+    run = run_with_edit(cold, tmp_path, "stages/distil.py", "        soft = ((student_logits - teacher_logits) ** 2).mean(-1)",
                         "        soft = 0.5 * ((student_logits - teacher_logits) ** 2).mean(-1)")
     assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
 
 
 def test_comment_and_docstring_edits_recompute_nothing(cold, tmp_path):
     project = copy_project(tmp_path / "project")
-    for name in ("teacher.py", "formats.py", "measure.py"):
+    for name in ("stages/teacher.py", "formats.py", "measure/metrics.py"):
         module = project / "tasks" / name
         module.write_text(module.read_text() + "\n# a comment changes no behaviour\n")
-    training = project / "tasks" / "training.py"  # the loop every model trains with
+    training = project / "tasks" / "training" / "loop.py"  # the loop every model trains with
     old = '"""Train in place; returns the history.'
     assert old in training.read_text(), "the docstring to edit in training.py moved; update this test"
     training.write_text(training.read_text().replace(old, '"""Train the model in place and return its history.'))

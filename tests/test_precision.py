@@ -3,9 +3,10 @@
 import pytest
 
 from flows.presets import build_config, emotion
-from tasks import precision, teacher
+from tasks.training import device as precision
+from tasks.stages import teacher
 from tasks.errors import DistilleryError
-from tasks.precision import resolve_device, resolve_precision
+from tasks.training.device import resolve_device, resolve_precision
 
 AMX = {"avx512f", "amx_bf16", "amx_int8"}
 ZEN4 = {"avx512f", "avx512_bf16"}
@@ -68,8 +69,8 @@ def test_bf16_training_trains_and_reports_what_ran(emotion_slice):
     from artifacts.stage import run_stage
     from artifacts.store import ArtifactStore
     from conftest import EMOTION_LABELS
-    from tasks import fetch, tokenize
-    from tasks.sources import DataParams
+    from tasks.stages import fetch, tokenize
+    from tasks.data.sources import DataParams
 
     import os
     os.environ[precision.EMULATION_OVERRIDE] = "1"  # the check is tested above; here bf16 must simply run

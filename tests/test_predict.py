@@ -16,7 +16,7 @@ from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import OFFLINE, REPO, tree_state
 from flows.predict import find_run, load_classifier, main
 from tasks.formats import open_tokens, read_dataset
-from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.onnx.session import onnx_logits, onnx_session
 
 TEXTS = ["i feel wonderful and loved today", "this is so unfair and it makes me furious"]
 

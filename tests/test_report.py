@@ -16,9 +16,11 @@ from artifacts.store import ArtifactRef, ArtifactStore
 from conftest import EMOTION_LABELS, store_copy
 from flows.pipeline import STEP_NAMES
 from flows.publish import embed_images
-from tasks import report as report_stage
-from tasks.report import (MODEL_COLUMNS, PLOTS, SMOKE_NOTE, ReportParams, accuracy_latency_figure, log_ticks,
-                          markdown_report, model_rows, readable_model_rows, report_title)
+from tasks.stages import report as report_stage
+from tasks.report.markdown import SMOKE_NOTE, markdown_report, report_title
+from tasks.report.plots import accuracy_latency_figure, log_ticks
+from tasks.report.rows import MODEL_COLUMNS, model_rows, readable_model_rows
+from tasks.stages.report import PLOTS, ReportParams
 
 
 def evaluation_of(store, summary) -> dict:
@@ -170,16 +172,15 @@ def test_models_table_reads_the_same_in_the_report_and_the_ui():
                        "p95 latency": "0.11 ms", "size": "2.1 MB", "faster than teacher": "920x",
                        "smaller than teacher": "1.1x"}
     assert rows[1]["faster than teacher"] == "78.5x" and rows[1]["smaller than teacher"] == "0.3x"
-    params = ReportParams(workload="emotion", stages={})
-    table = [line for line in markdown_report(params, SMOKE_RUN).splitlines() if line.startswith("| student_int8 |")][0]
+    table = [line for line in markdown_report("emotion", False, {}, SMOKE_RUN).splitlines() if line.startswith("| student_int8 |")][0]
     assert table == "| " + " | ".join(rows[2].values()) + " |"
     with pytest.raises(ValueError, match=r"'student' lacks \['speedup'\]"):
         readable_model_rows([{k: v for k, v in model_rows(SMOKE_RUN)[1].items() if k != "speedup"}])
 
 
 def test_report_title_marks_smoke_runs_only():
-    smoke = markdown_report(ReportParams(workload="sst2", smoke=True, stages={}), FULL_RUN)
-    real = markdown_report(ReportParams(workload="sst2", stages={}), FULL_RUN)
+    smoke = markdown_report("sst2", True, {}, FULL_RUN)
+    real = markdown_report("sst2", False, {}, FULL_RUN)
     assert smoke.splitlines()[0] == "# distillery report: sst2 (smoke run: tiny models on a data slice, accuracy means nothing)"
     assert real.splitlines()[0] == "# distillery report: sst2" and "smoke" not in real
 
@@ -262,7 +263,7 @@ def test_log_ticks_bracket_any_range_and_refuse_what_a_log_axis_cannot_show():
 
 
 def test_shortfall_names_the_accuracy_gap_and_each_class_that_collapses():
-    from tasks.measure import classification_report, shortfall
+    from tasks.measure.metrics import classification_report, shortfall
 
     labels = np.array([0] * 50 + [1] * 45 + [2] * 5)
     teacher = classification_report(labels, labels, 3)  # perfect
@@ -281,7 +282,7 @@ def test_shortfall_names_the_accuracy_gap_and_each_class_that_collapses():
 
 
 def test_report_warns_loudly_only_when_the_student_falls_short():
-    from tasks.measure import classification_report, shortfall
+    from tasks.measure.metrics import classification_report, shortfall
 
     labels = np.array([0, 0, 1, 1, 2])
     base = {k: v for k, v in SMOKE_RUN.items()}
@@ -289,6 +290,6 @@ def test_report_warns_loudly_only_when_the_student_falls_short():
         teacher, student = classification_report(labels, labels, 3), classification_report(predicted, labels, 3)
         evaluation = {**base, "shortfall": {"split": "validation", "rows": 5, "teacher": teacher, "student_int8": student,
                                             **shortfall(teacher, student, ["a", "b", "x|y"], 1.0, 0.1)}}
-        report = markdown_report(ReportParams(workload="emotion", stages={}), evaluation)
+        report = markdown_report("emotion", False, {}, evaluation)
         assert ("## WARNING: the INT8 student falls short of its teacher" in report) == flagged
         assert "x\\|y" in report or not flagged  # a pipe in a label does not break the line

@@ -11,17 +11,17 @@ import torch
 from artifacts.stage import Progress, run_stage
 from artifacts.store import ArtifactStore
 from conftest import DATA_ROOT, EMOTION_LABELS, sst2_phrases, write_emotion_slice
-from tasks import augment, distil, evaluate, export, fetch, quantize, soft_labels, teacher, tokenize
-from tasks.batching import length_grouped_batches, pad, random_batches
+from tasks.stages import augment, distil, evaluate, export, fetch, quantize, soft_labels, teacher, tokenize
+from tasks.data.batching import length_grouped_batches, pad, random_batches
 from tasks.errors import DistilleryError
 from tasks.formats import open_tokens, read_soft_labels
-from tasks.measure import classification_report, interleaved_latency_ms, predictions
-from tasks.models import load_classifier, load_config, load_trained, shrink
-from tasks.onnx_runtime import onnx_logits, onnx_session
-from tasks.phrases import constituents, full_sentences
-from tasks.predictors import onnx_predictor, torch_predictor
-from tasks.sources import DataParams, load_splits
-from tasks.training import predict_logits
+from tasks.measure.metrics import classification_report, interleaved_latency_ms, predictions
+from tasks.models.loading import load_classifier, load_config, load_trained, shrink
+from tasks.onnx.session import onnx_logits, onnx_session
+from tasks.data.phrases import constituents, full_sentences
+from tasks.measure.predictors import onnx_predictor, torch_predictor
+from tasks.data.sources import DataParams, load_splits
+from tasks.training.loop import predict_logits
 
 
 def tokens_of(store, ref):
@@ -76,7 +76,7 @@ def test_tokenize_truncates_and_keeps_real_lengths(pipeline):
 
 
 def test_length_grouped_batches_pad_far_less_than_random(emotion_dir):
-    from tasks.models import load_tokenizer
+    from tasks.models.loading import load_tokenizer
 
     frame, _ = load_splits(DataParams(source=str(emotion_dir), label_names=EMOTION_LABELS, max_train_rows=3000))
     ids = load_tokenizer("minilm")(frame["train"]["text"].tolist(), truncation=True, max_length=64)["input_ids"]
@@ -138,7 +138,7 @@ def test_distillation_losses(loss, weight):
 
 
 def test_hidden_state_loss_compares_copied_layers_over_real_tokens_only():
-    from tasks.layer_distillation import hidden_loss
+    from tasks.training.layer_losses import hidden_loss
 
     torch.manual_seed(0)
     same = torch.nn.Identity()
@@ -163,7 +163,7 @@ def test_intermediate_layer_matching_pulls_student_layers_towards_the_teachers(p
         with torch.no_grad():
             s = student(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
             t = teacher_model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        from tasks.layer_distillation import hidden_loss
+        from tasks.training.layer_losses import hidden_loss
 
         return hidden_loss(s, t, [0], torch.nn.Identity(), mask).item()
 
@@ -381,7 +381,7 @@ def test_neighbours_are_whole_words_near_in_a_teacher_independent_table(word_tab
 
 
 def test_augmented_variants_are_new_texts_any_tokenizer_reads(pipeline, word_table):
-    from tasks.encoding import encoder_for
+    from tasks.data.encoding import encoder_for
     from tasks.formats import read_augmented, read_texts
 
     store, refs = pipeline
@@ -495,7 +495,7 @@ def test_manifests_record_the_threads_a_stage_ran_with_outside_its_key(pipeline)
 
 
 def test_soft_labels_resume_after_a_crash_with_the_bytes_of_an_unbroken_run(pipeline, monkeypatch):
-    from tasks.encoding import encoder_of
+    from tasks.data.encoding import encoder_of
     from tasks.formats import read_augmented
 
     store, refs = pipeline
@@ -545,7 +545,7 @@ def test_a_pretrained_student_of_another_shape_is_distilled(pipeline, tmp_path):
     config = load_config("tiny", num_labels=6)
     config.hidden_size, config.num_hidden_layers, config.intermediate_size = 32, 2, 64
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "small-bert")
-    from tasks.models import load_tokenizer
+    from tasks.models.loading import load_tokenizer
 
     load_tokenizer("minilm").save_pretrained(tmp_path / "small-bert")
     student = run_stage(distil.STAGE, distil.StudentParams(init=str(tmp_path / "small-bert"), layers=[0, 1], epochs=2,
@@ -562,16 +562,16 @@ def test_a_pretrained_student_of_another_shape_is_distilled(pipeline, tmp_path):
 
 def test_student_init_cuts_the_packaged_minilm_to_its_layers(pipeline, monkeypatch):
     store, refs = pipeline
-    student, depth, layers = distil.initial_student(distil.StudentParams(init="minilm", layers=[0, 5]), EMOTION_LABELS,
-                                                    store.open(refs["teacher"]))
+    student, layers = distil.initial_student(distil.StudentParams(init="minilm", layers=[0, 5]), EMOTION_LABELS,
+                                             store.open(refs["teacher"]))
     minilm = load_classifier("minilm", EMOTION_LABELS)
-    assert (depth, layers, student.config.num_hidden_layers, student.config.hidden_size) == (6, [0, 5], 2, 384)
+    assert (layers, student.config.num_hidden_layers, student.config.hidden_size) == ([0, 5], 2, 384)
     assert torch.equal(student.bert.encoder.layer[1].output.dense.weight, minilm.bert.encoder.layer[5].output.dense.weight)
 
 
 def test_logits_only_distillation_never_runs_the_teacher(pipeline, monkeypatch):
     """A student-only change costs no teacher inference: distil_student never loads the teacher."""
-    import tasks.distil as distil_module
+    import tasks.stages.distil as distil_module
 
     store, refs = pipeline
     teacher_folder = store.open(refs["teacher"]) / "model"
@@ -598,7 +598,7 @@ def test_logits_only_distillation_never_runs_the_teacher(pipeline, monkeypatch):
 def test_qat_student_exports_as_int8_qdq_onnx_that_agrees_with_pytorch(pipeline, tmp_path):
     import onnxruntime as ort
 
-    from tasks import qat
+    from tasks.stages import qat
 
     store, refs = pipeline
     made = run_stage(qat.STAGE, qat.QATParams(epochs=1, learning_rate=2e-4, batch_size=16, parity_examples=100),

@@ -9,8 +9,8 @@ import torch
 
 from artifacts.progress import Progress
 from tasks.errors import DistilleryError
-from tasks.models import load_classifier
-from tasks.training import Best, TrainParams, batch_plan, classification_loss, predict_logits, train, validation_steps
+from tasks.models.loading import load_classifier
+from tasks.training.loop import Best, TrainParams, batch_plan, classification_loss, predict_logits, train, validation_steps
 
 MARK = 2000  # a word piece whose presence decides the label
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from conftest import OFFLINE, REPO
 from flows.publish import IMAGE_LINE
-from tasks.report import MODEL_COLUMNS, ROW_FIELDS, SMOKE_NOTE, readable_model_rows, report_title
+from tasks.report.markdown import SMOKE_NOTE, report_title
+from tasks.report.rows import MODEL_COLUMNS, ROW_FIELDS, readable_model_rows
 from teamstack import STACK, client_environment, stack_environment
 
 CHROMIUM = Path(os.environ.get("DISTILLERY_CHROMIUM", "/usr/bin/chromium"))

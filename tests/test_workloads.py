@@ -24,7 +24,7 @@ from conftest import EMOTION_LABELS, REPO, tree_state
 from flows import console
 from flows.cli import parse_request
 from flows.pipeline import STEP_NAMES
-from tasks.sources import DataParams, load_splits
+from tasks.data.sources import DataParams, load_splits
 
 NAMES = ("reviews", "reviews-b")
 # Smoke-sized, and smaller still: one epoch each on 240 rows keeps the cold run short.

@@ -74,7 +74,7 @@ def test_bad_data_is_refused(case, tmp_path, emotion_dir, guarded_store):
 
 
 def test_student_init_whose_tokenizer_or_weights_are_missing_is_refused(tmp_path, emotion_dir, guarded_store):
-    from tasks.models import load_classifier, load_config
+    from tasks.models.loading import load_classifier, load_config
 
     no_tokenizer = tmp_path / "weights-without-tokenizer"
     load_classifier("tiny", ["a", "b"]).save_pretrained(no_tokenizer)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from artifacts.store import ArtifactStore
 from conftest import OFFLINE, REPO, run_cli, store_copy

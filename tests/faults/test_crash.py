@@ -16,8 +16,8 @@ TRAIN = textwrap.dedent("""
     import sys
     from artifacts.stage import Progress, run_stage
     from artifacts.store import ArtifactStore
-    from tasks import fetch, teacher, tokenize
-    from tasks.sources import DataParams
+    from tasks.stages import fetch, teacher, tokenize
+    from tasks.data.sources import DataParams
     store = ArtifactStore(sys.argv[1])
     say = Progress(lambda m: print(m, flush=True), every_seconds=3600)
     d = run_stage(fetch.STAGE, DataParams(source=sys.argv[2], max_train_rows=400, max_eval_rows=50), {}, store, say)

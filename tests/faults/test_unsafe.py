@@ -1,7 +1,6 @@
 """Nothing unsafe is loaded from the store: no pickle, no remote code, no path escapes,
 and no code named by a tampered cache record."""
 
-import json
 import re
 
 from conftest import REPO, run_cli, store_copy

@@ -1,7 +1,7 @@
 """Stage `evaluate`: quality, speed and size of the teacher, the student and the INT8 student.
 
 Each model is measured on its own tokens of the same test rows: the teacher on the
-teacher's, the student and its INT8 model on the student's (tasks/measure.py does
+teacher's, the student and its INT8 model on the student's (tasks/measure/metrics.py does
 all the scoring and timing). Speed is batch-1 latency (p50/p95) over the same test
 sentences at their real lengths, the way a service sees single requests, after a
 warm-up; all models run on the same threads and are timed in turns.
@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import EVALUATION, open_tokens
-from tasks.measure import interleaved_latency_ms, quality, shortfall
-from tasks.predictors import onnx_predictor, torch_predictor
+from tasks.measure.metrics import interleaved_latency_ms, quality, shortfall
+from tasks.measure.predictors import onnx_predictor, torch_predictor
 
 MODELS = ("teacher", "student", "student_int8")
 

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions, with the same options everywhere: export's parity check,
 quantize, QAT, evaluate and predict.
 
-Kept apart from tasks/predictors.py (which also loads PyTorch models) so that the
+Kept apart from tasks/measure/predictors.py (which also loads PyTorch models) so that the
 stages that only run ONNX graphs do not carry the model-loading code in their
 fingerprint.
 """

@@ -1,6 +1,6 @@
 """Stage `export_onnx`: a model as an ONNX graph with dynamic batch and length.
 
-The graph comes from tasks/onnx_export.py. It is only published if ONNX Runtime
+The graph comes from tasks/onnx/graph.py. It is only published if ONNX Runtime
 reproduces PyTorch's logits on real validation sentences (the model's own tokens),
 batched with padding and one at a time.
 
@@ -28,11 +28,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.batching import pad
+from tasks.data.batching import pad
 from tasks.formats import ONNX, model_folder, onnx_file, open_tokens
-from tasks.models import load_trained
-from tasks.onnx_export import export
-from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.models.loading import load_trained
+from tasks.onnx.graph import export
+from tasks.onnx.session import onnx_logits, onnx_session
 
 
 class ExportParams(BaseModel):

@@ -44,12 +44,12 @@ from pydantic import Field
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import ONNX, model_folder, onnx_file, open_tokens
-from tasks.measure import accuracy, predictions
-from tasks.batching import inference_batches, pad
-from tasks.models import load_trained
-from tasks.onnx_export import export
-from tasks.onnx_runtime import onnx_logits, onnx_session
-from tasks.training import TrainParams, classification_loss, predict_logits, train
+from tasks.measure.metrics import accuracy, predictions
+from tasks.data.batching import inference_batches, pad
+from tasks.models.loading import load_trained
+from tasks.onnx.graph import export
+from tasks.onnx.session import onnx_logits, onnx_session
+from tasks.training.loop import TrainParams, classification_loss, predict_logits, train
 
 
 class QATParams(TrainParams):

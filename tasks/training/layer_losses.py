@@ -1,7 +1,7 @@
 """Layer-to-layer distillation: the student matches the teacher inside, not only at its logits.
 
 As TinyBERT and MiniLM do, over positions where both models read the same piece
-(tasks/alignment.py):
+(tasks/models/alignment.py):
 - hidden states: the MSE between student layer i and teacher layer `layer_map[i]`,
   through one learned linear map from the student's width to the teacher's (384 -> 768
   for MiniLM against MPNet; none when the widths agree);
@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def uniform_layer_map(student_depth: int, teacher_depth: int) -> list[int]:

@@ -17,9 +17,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.encoding import encoder_for
+from tasks.data.encoding import encoder_for
 from tasks.formats import SPLITS, TOKENS, read_dataset, sha256_texts, write_token_spec, write_token_split
-from tasks.models import PACKAGED
+from tasks.models.loading import PACKAGED
 
 
 class TokenizeParams(BaseModel):

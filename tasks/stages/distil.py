@@ -15,9 +15,9 @@ The default loss is the mean squared error between student and teacher logits (t
 loss of Intel's BERT-Mini SST-2 recipe); "kl" is the usual Hinton-style loss on
 temperature-softened distributions. Either can be mixed with hard-label cross-entropy
 (an augmented text's hard label is the teacher's), weighted towards rare classes
-(`class_balance`), and joined by layer-to-layer losses (tasks/layer_distillation.py:
+(`class_balance`), and joined by layer-to-layer losses (tasks/training/layer_losses.py:
 hidden states, attention, embeddings, each with its weight) on the rows where the
-teacher's and the student's tokens line up (tasks/alignment.py). Only those losses
+teacher's and the student's tokens line up (tasks/models/alignment.py). Only those losses
 load and run the teacher; with logits alone it is never loaded. `layer_phase` gives
 TinyBERT's two phases: the first share of the steps on the layer losses alone, the
 rest on the logits.
@@ -35,15 +35,15 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from artifacts.stage import Progress, Stage
-from tasks.alignment import aligned_rows, piece_names, student_to_teacher_ids
-from tasks.batching import pad
-from tasks.encoding import encoder_of
+from tasks.models.alignment import aligned_rows, piece_names, student_to_teacher_ids
+from tasks.data.batching import pad
+from tasks.data.encoding import encoder_of
 from tasks.errors import DistilleryError
 from tasks.formats import MODEL, model_folder, open_tokens, read_augmented, read_soft_labels, soft_labels_problem
-from tasks.layer_distillation import (StudentWithMaps, attention_loss, check_layer_map, embedding_loss, hidden_loss,
+from tasks.training.layer_losses import (StudentWithMaps, attention_loss, check_layer_map, embedding_loss, hidden_loss,
                                       uniform_layer_map)
-from tasks.models import check_layers, every_other_layer, load_classifier, load_trained, shrink
-from tasks.training import TrainParams, batch_plan, train
+from tasks.models.loading import check_layers, every_other_layer, load_classifier, load_trained, shrink
+from tasks.training.loop import TrainParams, batch_plan, train
 
 FROM_TEACHER = "teacher"
 
@@ -123,11 +123,10 @@ def distillation_loss(params: StudentParams, student_logits, teacher_logits, lab
 
 
 def initial_student(params: StudentParams, labels: list[str], teacher_artifact: Path):
-    """The student before training, the init model's depth, and the layers it kept."""
+    """The student before training, and the layers of the init model it kept."""
     base = load_trained(model_folder(teacher_artifact)) if params.init == FROM_TEACHER else load_classifier(params.init, labels, seed=params.seed)
-    depth = base.config.num_hidden_layers
-    layers = student_layers(params, depth)
-    return shrink(base, layers), depth, layers
+    layers = student_layers(params, base.config.num_hidden_layers)
+    return shrink(base, layers), layers
 
 
 def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -145,7 +144,7 @@ def build_student(params: StudentParams, inputs: Mapping[str, Path], out: Path, 
     if augmented:
         progress.info(f"distil_student: {len(train_ids)} training and {len(augmented)} augmented texts")
 
-    student, init_depth, layers = initial_student(params, tokens.labels, inputs["teacher"])
+    student, layers = initial_student(params, tokens.labels, inputs["teacher"])
     history: dict = {}
     layered = None
     if layer_losses(params):

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from artifacts.stage import Progress
-from tasks.batching import inference_batches, length_grouped_batches, pad, random_batches
-from tasks.measure import classification_report
-from tasks.precision import autocast, resolve_device, resolve_precision
+from tasks.data.batching import inference_batches, length_grouped_batches, pad, random_batches
+from tasks.measure.metrics import classification_report
+from tasks.training.device import autocast, resolve_device, resolve_precision
 
 
 class TrainParams(BaseModel):

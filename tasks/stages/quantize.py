@@ -28,10 +28,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from artifacts.stage import Progress, Stage
-from tasks.batching import inference_batches, pad
+from tasks.data.batching import inference_batches, pad
 from tasks.formats import ONNX, onnx_file, open_tokens
-from tasks.measure import accuracy, interleaved_latency_ms, predictions
-from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.measure.metrics import accuracy, interleaved_latency_ms, predictions
+from tasks.onnx.session import onnx_logits, onnx_session
 
 
 class QuantizeParams(BaseModel):

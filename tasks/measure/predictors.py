@@ -1,7 +1,7 @@
 """Models as predictors `(ids, mask) -> logits`: PyTorch checkpoints and ONNX Runtime sessions.
 
-What tasks/measure.py scores and times; evaluate and the benchmarks load models for
-inference through here, with the same session options (tasks/onnx_runtime.py).
+What tasks/measure/metrics.py scores and times; evaluate and the benchmarks load models for
+inference through here, with the same session options (tasks/onnx/session.py).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from tasks.formats import model_folder, onnx_file
-from tasks.measure import Predict
-from tasks.models import load_trained
-from tasks.onnx_runtime import onnx_logits, onnx_session
+from tasks.measure.metrics import Predict
+from tasks.models.loading import load_trained
+from tasks.onnx.session import onnx_logits, onnx_session
 
 
 def torch_model_predictor(model) -> Predict:

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import MODEL, model_folder, open_tokens
-from tasks.models import PACKAGED, load_classifier
-from tasks.training import TrainParams, classification_loss, train
+from tasks.models.loading import PACKAGED, load_classifier
+from tasks.training.loop import TrainParams, classification_loss, train
 
 
 class TeacherParams(TrainParams):

@@ -69,7 +69,7 @@ class Encoder:
 
 def encoder_for(source: str, max_length: int) -> Encoder:
     """The encoder of a model source ('minilm', 'tiny', 'tiny-mpnet', a folder, a Hub id)."""
-    from tasks.models import load_tokenizer
+    from tasks.models.loading import load_tokenizer
 
     return Encoder(load_tokenizer(source), max_length, source)
 

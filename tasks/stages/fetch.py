@@ -1,6 +1,6 @@
 """Stage `fetch_dataset`: a labelled text data set as canonical train/validation/test splits.
 
-Reading and checking the source is tasks/sources.py's job; this stage writes what it
+Reading and checking the source is tasks/data/sources.py's job; this stage writes what it
 read in the dataset format (tasks/formats.py). The artifact's digest depends on that
 content only, so the same data read from the Hub or from a local copy is the same
 artifact, and a change to the reading code that reads the same rows leaves every
@@ -16,7 +16,7 @@ import numpy as np
 
 from artifacts.stage import Progress, Stage
 from tasks.formats import DATASET, write_dataset
-from tasks.sources import DataParams, load_splits, source_fingerprint
+from tasks.data.sources import DataParams, load_splits, source_fingerprint
 
 
 def build_dataset(params: DataParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:

@@ -23,12 +23,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.encoding import encoder_of
+from tasks.data.encoding import encoder_of
 from tasks.formats import (SOFT_LABELS, distillation_texts_digest, model_folder, open_tokens, read_augmented,
                            soft_labels_problem, write_soft_labels)
-from tasks.models import load_trained
-from tasks.precision import resolve_device, resolve_precision
-from tasks.training import predict_logits
+from tasks.models.loading import load_trained
+from tasks.training.device import resolve_device, resolve_precision
+from tasks.training.loop import predict_logits
 
 CHUNK_BATCHES = 16  # teacher batches between chances to checkpoint
 

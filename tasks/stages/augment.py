@@ -24,14 +24,14 @@ sometimes antonyms (good: bad); that is harmless, because the teacher labels eve
 variant afresh in `soft_labels`.
 
 `source: sentences` perturbs only the training texts no other training text contains
-(tasks/phrases.py). SST-2's train split is mostly sub-phrases of its sentences, so the
+(tasks/data/phrases.py). SST-2's train split is mostly sub-phrases of its sentences, so the
 variants of every phrase stay phrase-length, while dev is whole sentences; variants of
 the sentences alone (with `ngram_probability: 0`, so they keep their length) give the
 student sentence-length supervision. On data without sub-phrases (emotion's tweets)
 nearly every text is a sentence.
 
 `substitute_probability` swaps, before the word-level changes, one constituent of a
-text (a run of its words that is itself a training text, tasks/phrases.py) for the
+text (a run of its words that is itself a training text, tasks/data/phrases.py) for the
 constituent of another text with about as many words ("the plot is thin" becomes "the
 score soars"): new sentences whose sentiment the teacher has to work out from their
 parts, in the spirit of Shi et al.'s (2021) substructure substitution. Only phrase-tree
@@ -51,10 +51,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.stage import Progress, Stage
-from tasks.encoding import MASK_PLACEHOLDER
+from tasks.data.encoding import MASK_PLACEHOLDER
 from tasks.formats import AUGMENTED, read_texts, write_augmented
-from tasks.models import packaged_minilm_path
-from tasks.phrases import Span, constituents, full_sentences
+from tasks.models.loading import packaged_minilm_path
+from tasks.data.phrases import Span, constituents, full_sentences
 
 
 class AugmentParams(BaseModel):

@@ -1,7 +1,7 @@
 """Every measurement of a model, in one place: predictions, accuracy, macro-F1,
 per-class F1, the confusion matrix, and batch-1 latency.
 
-`predict(ids, mask) -> logits` is any model: PyTorch or ONNX Runtime (tasks/predictors.py).
+`predict(ids, mask) -> logits` is any model: PyTorch or ONNX Runtime (tasks/measure/predictors.py).
 Quantize, QAT, evaluate and the benchmarks all score through `classification_report`
 and time through `interleaved_latency_ms`, so their figures compare.
 
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tasks.batching import inference_batches, pad
+from tasks.data.batching import inference_batches, pad
 
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (ids, mask) -> logits
 

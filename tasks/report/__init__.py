@@ -1,0 +1,1 @@
+"""The run report's helpers: markdown tables and sections, and plots."""

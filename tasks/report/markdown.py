@@ -1,0 +1,82 @@
+"""report.md: the models, the student against its teacher, per-class F1, confusion, stages."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from tasks.report.rows import FINAL_MODEL, MODEL_COLUMNS, StageRun, model_rows, readable_model_rows
+
+
+SMOKE_NOTE = "smoke run: tiny models on a data slice, accuracy means nothing"
+
+
+def report_title(workload: str, smoke: bool) -> str:
+    return f"distillery report: {workload}" + (f" ({SMOKE_NOTE})" if smoke else "")
+
+
+def shortfall_section(evaluation: dict) -> list[str]:
+    """The INT8 student against its teacher on validation; a loud heading when it falls short."""
+    gap = evaluation.get("shortfall")
+    if gap is None:  # an evaluation made before shortfalls were measured
+        return []
+    worst = gap["worst_class"]
+    heading = ("## WARNING: the INT8 student falls short of its teacher" if gap["flagged"]
+               else "## The INT8 student against its teacher")
+    lines = ["", heading, "",
+             f"On validation ({gap['rows']} rows): accuracy {gap['student_int8']['accuracy']:.2%} against the teacher's "
+             f"{gap['teacher']['accuracy']:.2%}, macro-F1 "
+             f"{gap['student_int8']['macro_f1']:.4f} against {gap['teacher']['macro_f1']:.4f}; worst class "
+             f"{markdown_text(worst['label'])}: F1 {worst['student_f1']:.3f} against {worst['teacher_f1']:.3f}. "
+             f"Flagged beyond {gap['limits']['accuracy_points']:g} accuracy points below the teacher, or any class's F1 "
+             f"more than {gap['limits']['class_f1']:g} below."]
+    if gap["flagged"]:
+        lines += [""] + [f"- {markdown_text(reason)}" for reason in gap["reasons"]]
+        lines += ["", "A longer student schedule (--student-min-steps), more augmented copies, or class-balanced "
+                      "training may close it; see docs/ for what was measured."]
+    return lines
+
+
+def markdown_text(text: str) -> str:
+    """Text safe inside a markdown table or line: no pipes, no line breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def markdown_report(workload: str, smoke: bool, stages: Mapping[str, StageRun], evaluation: dict) -> str:
+    names = evaluation["labels"]
+    models = evaluation["models"]
+    computed = [n for n, s in stages.items() if s.state == "computed"]
+    lines = [
+        f"# {report_title(workload, smoke)}",
+        "",
+        f"Test set: {evaluation['test_rows']} sentences, {len(names)} classes. Latency: batch 1, "
+        f"test sentences at their real lengths, {evaluation['threads']} CPU threads.",
+        "",
+        "## Models",
+        "",
+        "| " + " | ".join(MODEL_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(MODEL_COLUMNS) - 1),
+    ]
+    for row in readable_model_rows(model_rows(evaluation)):
+        lines.append("| " + " | ".join(row.values()) + " |")
+    lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
+    lines += shortfall_section(evaluation)
+    lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
+              "|---|" + "---:|" * len(models)]
+    for i, label in enumerate(names):
+        lines.append(f"| {label} | " + " | ".join(f"{m['per_class_f1'][i]:.3f}" for m in models.values()) + " |")
+    lines += ["", "![per-class F1](per_class_f1.png)"]
+    if FINAL_MODEL in models:
+        lines += ["", f"## Confusion matrix of {FINAL_MODEL} (rows: true class, columns: predicted)", "",
+                  "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for label, row in zip(names, models[FINAL_MODEL]["confusion_matrix"]):
+            lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+        lines += ["", "![confusion matrix](confusion_matrix.png)"]
+    total = sum(s.seconds for s in stages.values())
+    lines += ["", "## Stages", "",
+              f"{len(computed)} of {len(stages)} stages computed, {len(stages) - len(computed)} "
+              f"served from the cache; {total:.1f} s in stages.", "",
+              "| stage | state | seconds | artifact |", "|---|---|---:|---|"]
+    for name, s in stages.items():
+        lines.append(f"| {name} | {s.state} | {s.seconds:.1f} | `{s.artifact[:12]}` |")
+    lines += ["", "![stage times](stage_times.png)"]
+    return "\n".join(lines) + "\n"
