@@ -86,7 +86,7 @@ def read_texts(args_texts: list[str], file: str | None, stdin: TextIO) -> list[t
     else:
         if stdin.isatty() and file != "-":
             raise DistilleryError("no text to classify: pass texts as arguments, --file FILE, or pipe lines to stdin")
-        items = _lines(stdin.read().splitlines(), "stdin line")
+        items = _lines(_read_utf8(stdin).splitlines(), "stdin line")
     if not items:
         raise DistilleryError("no text to classify: the input holds no lines")
     empty = [where for where, text in items if not text.strip()]
@@ -94,6 +94,18 @@ def read_texts(args_texts: list[str], file: str | None, stdin: TextIO) -> list[t
         raise DistilleryError(f"empty text at {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}: "
                               f"every text must hold at least one non-blank character")
     return items
+
+
+def _read_utf8(stdin: TextIO) -> str:
+    """All of stdin as text, refused when it is not UTF-8. Under a C or POSIX locale Python
+    reads stdin with surrogateescape, so bad bytes arrive as lone surrogates, not an error."""
+    try:
+        text = stdin.read()
+        text.encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise DistilleryError(f"stdin is not UTF-8 text (at character {exc.start}): convert it first, e.g. "
+                              f"iconv -f latin1 -t utf-8, or pass a UTF-8 file with --file") from None
+    return text
 
 
 def _lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:

@@ -113,6 +113,7 @@ BAD_INPUTS = {
     "empty split": (lambda f: _edit(f, "test", lambda b: b"text;label_name\n") or params(f), "is empty", "at least one"),
     "empty text": (lambda f: _edit(f, "train", lambda b: b + b"   ;joy\n") or params(f), "empty text", "remove those rows"),
     "not utf-8": (lambda f: _edit(f, "train", lambda b: b + "caf\u00e9;joy\n".encode("latin-1")) or params(f), "not UTF-8", "iconv"),
+    "file over the size limit": (lambda f: params(f, max_file_mb=0.01), "above the 0.01 MB", "--data-max-file-mb"),
     "one-label set": (lambda f: params(f).model_copy(update={"label_names": ["joy"]}), "at least two", "--data-label-names"),
 }
 

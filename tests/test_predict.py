@@ -21,11 +21,13 @@ from tasks.onnx.session import onnx_logits, onnx_session
 TEXTS = ["i feel wonderful and loved today", "this is so unfair and it makes me furious"]
 
 
-def run_predict(argv: list[str], stdin: str = "") -> tuple[int, list[dict], str]:
+def run_predict(argv: list[str], stdin: str | bytes = "") -> tuple[int, list[dict], str]:
+    """`distillery predict` in-process; bytes on stdin are read as a UTF-8 pipe is."""
     out, err = io.StringIO(), io.StringIO()
     saved, sys.stderr = sys.stderr, err
+    stream = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8") if isinstance(stdin, bytes) else io.StringIO(stdin)
     try:
-        code = main(argv, stdin=io.StringIO(stdin), stdout=out)
+        code = main(argv, stdin=stream, stdout=out)
     finally:
         sys.stderr = saved
     return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
@@ -90,7 +92,8 @@ def test_the_command_line_as_users_type_it(cold):
 
 @pytest.mark.parametrize("case", [
     "unknown_alias", "empty_argument", "blank_line_in_file", "missing_file", "folder_as_file", "binary_file",
-    "not_a_model", "unknown_digest", "missing_store", "args_and_file", "empty_stdin",
+    "not_a_model", "unknown_digest", "missing_store", "args_and_file", "empty_stdin", "latin1_stdin",
+    "latin1_stdin_c_locale",
 ])
 def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
     store = str(cold[0])
@@ -108,6 +111,9 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
         "missing_store": (["--store", str(tmp_path / "no-store"), "hi"], "", "no artifact store at", "--store"),
         "args_and_file": (["--file", str(text_file), "hi"], "", "not both", "--file"),
         "empty_stdin": ([], "\n\n", "no text to classify", "no lines"),
+        "latin1_stdin": ([], "caf\u00e9 au lait\n".encode("latin-1"), "stdin is not UTF-8", "iconv"),
+        # Under a C locale Python reads stdin with surrogateescape: the bad byte arrives as a lone surrogate.
+        "latin1_stdin_c_locale": ([], "caf\udce9 au lait\n", "stdin is not UTF-8", "iconv"),
     }
     text_file.write_text("first\n\nthird\n")
     (tmp_path / "blob.bin").write_bytes(bytes([0x80, 0xFF, 0x00, 0xFE]) * 64)

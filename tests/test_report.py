@@ -293,3 +293,23 @@ def test_report_warns_loudly_only_when_the_student_falls_short():
         report = markdown_report("emotion", False, {}, evaluation)
         assert ("## WARNING: the INT8 student falls short of its teacher" in report) == flagged
         assert "x\\|y" in report or not flagged  # a pipe in a label does not break the line
+
+
+# Label names come from the data: pipes, line breaks and dollar signs are all legal there.
+AWKWARD_LABELS = ["x|y", "two\nlines", "costs $5", "cost $_$", "plain", "a | b | c"]
+
+
+def test_awkward_label_names_keep_the_tables_whole_and_the_plots_drawable(tmp_path):
+    folder, markdown = built_report(tmp_path, {**FULL_RUN, "labels": AWKWARD_LABELS})
+    lines = markdown.splitlines()
+    models = len(FULL_RUN["models"])
+    per_class = lines[lines.index("## Per-class F1") + 4:][:len(AWKWARD_LABELS)]
+    confusion_header = next(line for line in lines if line.startswith("| true \\ predicted |"))
+    confusion = lines[lines.index(confusion_header) + 2:][:len(AWKWARD_LABELS)]
+    unescaped_pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731
+    assert [unescaped_pipes(line) for line in per_class] == [models + 2] * len(AWKWARD_LABELS)
+    assert [unescaped_pipes(line) for line in confusion] == [len(AWKWARD_LABELS) + 2] * len(AWKWARD_LABELS)
+    assert unescaped_pipes(confusion_header) == len(AWKWARD_LABELS) + 2
+    assert per_class[1].startswith("| two lines |")  # one row per class: the line break is gone
+    for plot in ("per_class_f1", "confusion_matrix"):  # drawn ("$_$" read as mathtext fails the figure), not empty
+        assert (folder / f"{plot}.png").stat().st_size > 1000

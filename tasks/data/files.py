@@ -25,6 +25,17 @@ TEXT_COLUMNS = ("text", "sentence")
 LABEL_COLUMNS = ("label", "label_name", "labels")
 
 
+def check_sizes(fs: fsspec.AbstractFileSystem, files: dict[str, str], max_mb: float) -> None:
+    """Refuse, before reading any, a split file too big to read whole on this machine."""
+    for split, path in files.items():
+        size = fs.size(path)
+        if size is not None and size > max_mb * 1e6:
+            raise DistilleryError(
+                f"the {split} file {path} is {size / 1e6:,.0f} MB, above the {max_mb:g} MB a split file may hold "
+                f"(--data-max-file-mb): it is read whole into memory; raise the limit if this machine has several "
+                f"times that in memory, or cut the file down")
+
+
 def _decode(raw: bytes, path: str) -> str:
     try:
         return raw.decode("utf-8-sig")

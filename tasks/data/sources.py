@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import DistilleryError
 from tasks.formats import SPLITS
-from tasks.data.files import FORMATS, LABEL_COLUMNS, TEXT_COLUMNS, read_table
+from tasks.data.files import FORMATS, LABEL_COLUMNS, TEXT_COLUMNS, check_sizes, read_table
 from tasks.data.labels import check_classes, infer_label_names, normalise_split
 from tasks.data.phrases import sentence_holdout
 
@@ -46,6 +46,8 @@ class DataParams(BaseModel):
     seed: int = Field(42, description="seed for the validation split and for slicing")
     max_train_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many training rows")
     max_eval_rows: int | None = Field(None, gt=0, description="use a seeded sample of at most this many validation and test rows")
+    max_file_mb: float = Field(1024, gt=0, description="largest split file to read, in MB: a file is read whole into memory (and "
+                                                       "parsed into a few times its size), so a bigger one is refused before any is read")
 
 
 def is_hub_id(source: str) -> bool:
@@ -177,6 +179,7 @@ def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]
     else:
         fs, _ = _folder(params.source)
         files = locate_split_files(params)
+        check_sizes(fs, files, params.max_file_mb)
         raw = {split: read_table(fs, path) for split, path in files.items()}
         hub_names, where = None, files
     text_col = {s: _pick_column(f, params.text_column, TEXT_COLUMNS, "text", where[s], "--data-text-column") for s, f in raw.items()}

@@ -63,13 +63,13 @@ def markdown_report(workload: str, smoke: bool, stages: Mapping[str, StageRun], 
     lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]
     for i, label in enumerate(names):
-        lines.append(f"| {label} | " + " | ".join(f"{m['per_class_f1'][i]:.3f}" for m in models.values()) + " |")
+        lines.append(f"| {markdown_text(label)} | " + " | ".join(f"{m['per_class_f1'][i]:.3f}" for m in models.values()) + " |")
     lines += ["", "![per-class F1](per_class_f1.png)"]
     if FINAL_MODEL in models:
         lines += ["", f"## Confusion matrix of {FINAL_MODEL} (rows: true class, columns: predicted)", "",
-                  "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+                  "| true \\ predicted | " + " | ".join(map(markdown_text, names)) + " |", "|---|" + "---:|" * len(names)]
         for label, row in zip(names, models[FINAL_MODEL]["confusion_matrix"]):
-            lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+            lines.append(f"| {markdown_text(label)} | " + " | ".join(str(v) for v in row) + " |")
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     total = sum(s.seconds for s in stages.values())
     lines += ["", "## Stages", "",

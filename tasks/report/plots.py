@@ -14,6 +14,12 @@ from tasks.report.rows import FINAL_MODEL, StageRun, model_rows
 COLOURS = {"computed": "#d95f02", "cached": "#1b9e77"}
 
 
+def plot_text(text: str) -> str:
+    """A label name as matplotlib shows it literally: one line, and `$` not read as the start
+    of mathtext (an unmatched `$` fails the whole figure, after all the training has run)."""
+    return " ".join(str(text).split()).replace("$", r"\$")
+
+
 def _figure(width: float, height: float, columns: int = 1):
     import matplotlib
 
@@ -113,8 +119,8 @@ def plot_confusion(evaluation: dict, path: Path) -> None:
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), [plot_text(n) for n in names], rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), [plot_text(n) for n in names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{FINAL_MODEL}: confusion matrix (counts; colour: share of the row)")
@@ -128,7 +134,7 @@ def plot_per_class_f1(evaluation: dict, path: Path) -> None:
     width = 0.8 / len(models)
     for k, (model, m) in enumerate(models.items()):
         ax.bar(np.arange(len(names)) + (k - (len(models) - 1) / 2) * width, m["per_class_f1"], width, label=model)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), [plot_text(n) for n in names])
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
     ax.legend(loc="lower right")
