@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from artifacts.checkpoints import Checkpoints
 from artifacts.edge import add_store_argument
 from artifacts.lineage import age_seconds, entries, referenced, roots
 from artifacts.records import record_keys
-from artifacts.store import DIGEST_PATTERN, ArtifactStore
+from artifacts.store import DIGEST_PATTERN, ArtifactStore, staging_in_use, staging_owner_file
 
 
 def _size(n: int) -> str:
@@ -44,6 +45,9 @@ def cmd_verify(store: ArtifactStore, args: argparse.Namespace) -> int:
     digests, bad = store.digests(), 0
     for digest in digests:
         check = store.verify(digest)
+        if check.problem == "missing":  # no manifest: an upload in progress (or abandoned: gc's job), never deleted here
+            print(f"INCOMPLETE {digest[:12]}: no manifest yet; left alone (an upload may be in progress)")
+            continue
         if not check.ok:
             bad += 1
             print(f"BROKEN {digest[:12]}: {check.problem}" + ("; deleted" if args.repair else ""))
@@ -67,16 +71,19 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
     stale = []
     if store.is_local:
         staging = Path(store.path) / "staging"
-        stale = [p for p in staging.glob("*") if time.time() - p.stat().st_mtime > min_age] if staging.exists() else []
+        folders = [p for p in staging.glob("*") if p.is_dir()] if staging.exists() else []
+        # A folder a live process builds in stays, however long its stage has run.
+        stale = [p for p in folders if time.time() - p.stat().st_mtime > min_age and not staging_in_use(p)]
         for folder in stale:
             print(f"{verb} staging/{folder.name} (left by an interrupted run)")
             if args.delete:
                 shutil.rmtree(folder, ignore_errors=True)
+                staging_owner_file(folder).unlink(missing_ok=True)
     finished = set(store.noted_keys()) | set(record_keys(store))
     checkpoints = []
     for folder in _checkpoint_folders(store):
         key = folder.rstrip("/").rsplit("/", 1)[-1]
-        age = time.time() - _mtime(store, folder)
+        age = time.time() - Checkpoints(store, key).saved_at()
         # Kept while a crashed run may still resume from it; gone once its stage is cached.
         if key in finished or age > args.checkpoint_days * 86400:
             checkpoints.append(folder)
@@ -103,13 +110,6 @@ def _checkpoint_folders(store: ArtifactStore) -> list[str]:
         return [p for p in store.fs.ls(f"{store.path}/checkpoints", detail=False) if DIGEST_PATTERN.match(p.rstrip("/").rsplit("/", 1)[-1])]
     except FileNotFoundError:
         return []
-
-
-def _mtime(store: ArtifactStore, path: str) -> float:
-    try:
-        return store.fs.info(f"{path}/checkpoint.json").get("mtime") or time.time()
-    except FileNotFoundError:
-        return 0.0  # never completed: as old as can be
 
 
 def _no_arguments(parser: argparse.ArgumentParser) -> None:

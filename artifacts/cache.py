@@ -132,9 +132,13 @@ def cached_or_run(stage: Stage, params: BaseModel, inputs: Mapping[str, Artifact
             hit = _hit(store, stage, key, inputs, progress)
             if hit is not None:
                 return hit
-        return Outcome(run_stage(stage, params, inputs, store, progress), cached=False, key=key, origin=None)
+        ref = run_stage(stage, params, inputs, store, progress, may_publish=lambda: locks.still_held(key, holder))
+        return Outcome(ref, cached=False, key=key, origin=None)
     finally:
-        locks.release_lock(key, holder)
+        try:
+            locks.release_lock(key, holder)
+        except ValueError:  # the lease was lost meanwhile: nothing of this holder's to release
+            pass
 
 
 def _hit(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, ArtifactRef], progress: Progress) -> Outcome | None:

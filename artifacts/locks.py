@@ -26,17 +26,27 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from artifacts.store import ArtifactStore, StoreError
 
 LEASE_SECONDS = 60.0
+REDIS_TIMEOUT_SECONDS = 5.0
+LOCAL_LOCKS = "local"  # DISTILLERY_LOCKS=local: lock files on this machine, for a shared store one worker uses
 POLL_SECONDS = 0.1
 log = logging.getLogger("distillery.locks")
 
 
 class _Renewals:
-    """Background renewal of held leases; `renew(key, holder)` must extend one lease."""
+    """Background renewal of held leases; `renew(key, holder)` extends one lease and says
+    whether the holder still had it.
 
-    def __init__(self, interval: float, renew: Callable[[str, str], None]):
+    A renewal that fails (a Redis timeout, a network blip) is retried at the next tick:
+    renewing every third of the lease leaves two more tries before it lapses. A renewal
+    that finds the lease gone or taken (the holder paused past its lease) marks it lost
+    and stops: the holder must not publish (`_Leases.still_held`).
+    """
+
+    def __init__(self, interval: float, renew: Callable[[str, str], bool]):
         self.interval = interval
         self.renew = renew
         self.stops: dict[tuple[str, str], threading.Event] = {}
+        self.lost: set[tuple[str, str]] = set()
         # Serializes renewals with release, so a renewal never resurrects a released lock.
         self.mutex = threading.Lock()
 
@@ -45,6 +55,7 @@ class _Renewals:
             return
         stop = threading.Event()
         self.stops[(key, holder)] = stop
+        self.lost.discard((key, holder))
         threading.Thread(target=self._loop, args=(key, holder, stop), daemon=True).start()
 
     def stop(self, key: str, holder: str) -> None:
@@ -57,7 +68,16 @@ class _Renewals:
             with self.mutex:
                 if stop.is_set():
                     return
-                self.renew(key, holder)
+                try:
+                    held = self.renew(key, holder)
+                except Exception as exc:  # noqa: BLE001 - any backend error: try again next tick
+                    log.warning("renewing the lock on %s failed (%s); retrying in %.0f s", key[:12], exc, self.interval)
+                    continue
+                if not held:
+                    log.error("the lock on %s was lost (its lease lapsed, or another holder took it): "
+                              "this holder will not publish", key[:12])
+                    self.lost.add((key, holder))
+                    return
 
 
 class _Leases:
@@ -99,6 +119,11 @@ class _Leases:
 
     async def await_for_lock(self, key: str, timeout: Optional[float] = None) -> bool:
         return self.wait_for_lock(key, timeout)
+
+    def still_held(self, key: str, holder: str) -> bool:
+        """Whether holder still holds the lease: asked of the backend before publishing,
+        since a renewal thread that was paused with its process cannot have noticed."""
+        return (key, holder) not in self._renewals.lost and self.is_lock_holder(key, holder)
 
 
 class _Lease(NamedTuple):
@@ -157,11 +182,13 @@ class LeaseLockManager(_Leases):
             self._write(key, holder, lease_seconds)
             return True
 
-    def _extend(self, key: str, holder: str) -> None:
+    def _extend(self, key: str, holder: str) -> bool:
         with self._guard():
             current = self._read(key)
-            if current is not None and current.holder == holder:
-                self._write(key, holder, self.lease_seconds)
+            if current is None or current.holder != holder:
+                return False
+            self._write(key, holder, self.lease_seconds)
+            return True
 
     def _give_back(self, key: str, holder: str) -> bool:
         with self._guard():
@@ -193,7 +220,10 @@ class RedisLeaseLockManager(_Leases):
         self.url = url
         self.lease_seconds = lease_seconds
         self.prefix = prefix
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+        # Timeouts: a Redis that stops answering must fail a call (and its renewal be retried),
+        # not hang a worker, or its renewal thread, forever.
+        self.client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self._renewals = _Renewals(lease_seconds / 3, self._extend)
 
     def _name(self, key: str) -> str:
@@ -203,8 +233,8 @@ class RedisLeaseLockManager(_Leases):
         return bool(self.client.set(self._name(key), holder, nx=True, px=int(lease_seconds * 1000))
                     or self.is_lock_holder(key, holder))
 
-    def _extend(self, key: str, holder: str) -> None:
-        self.client.eval(_EXTEND, 1, self._name(key), holder, int(self.lease_seconds * 1000))
+    def _extend(self, key: str, holder: str) -> bool:
+        return bool(self.client.eval(_EXTEND, 1, self._name(key), holder, int(self.lease_seconds * 1000)))
 
     def _give_back(self, key: str, holder: str) -> bool:
         return bool(self.client.eval(_RELEASE, 1, self._name(key), holder))
@@ -233,11 +263,15 @@ def lease_seconds_from_env() -> float:
 
 def lock_manager_for(store: ArtifactStore):
     """Redis when DISTILLERY_LOCKS names a server (needed when machines share a store);
-    otherwise lock files, in the store when it is local."""
+    lock files for a local store, or for a remote one when DISTILLERY_LOCKS=local says on
+    purpose that one machine uses it. A remote store with no lock server named is refused:
+    falling back to this machine's files would let two workers train the same stage."""
     lease = lease_seconds_from_env()
-    url = os.environ.get("DISTILLERY_LOCKS")
-    if url:
+    url = os.environ.get("DISTILLERY_LOCKS", "")
+    if url and url != LOCAL_LOCKS:
         return RedisLeaseLockManager(url, lease)
-    if not store.is_local:
-        log.warning("store %s is shared but DISTILLERY_LOCKS is unset: stage locks hold on this machine only", store.root)
+    if not store.is_local and url != LOCAL_LOCKS:
+        raise StoreError(f"store {store.root} is remote but no lock server is named: set DISTILLERY_LOCKS to the "
+                         f"team's Redis (redis://[:password@]host:6379/0, deployments/stack.sh prints it), or "
+                         f"DISTILLERY_LOCKS={LOCAL_LOCKS} if only this machine works on the store")
     return LeaseLockManager(store.locks_path, lease)

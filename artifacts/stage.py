@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from artifacts.checkpoints import Checkpoints
 from artifacts.keys import cache_key, code_fingerprint, library_versions
 from artifacts.progress import Progress
-from artifacts.store import ArtifactRef, ArtifactStore
+from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 
 
 Build = Callable[[Any, Mapping[str, Path], Path, Progress], dict]
@@ -120,8 +120,12 @@ def run_stage(
     inputs: Mapping[str, ArtifactRef],
     store: ArtifactStore,
     progress: Progress | None = None,
+    may_publish: Callable[[], bool] | None = None,
 ) -> ArtifactRef:
-    """Run one stage for real and publish its artifact; returns its reference."""
+    """Run one stage for real and publish its artifact; returns its reference.
+
+    `may_publish` is asked after the work, before publishing: a holder whose lock lapsed
+    (artifacts/cache.py) must not publish, since another worker may be computing the key."""
     progress = progress or Progress()
     material = stage.key_material(params, inputs)
     key = cache_key(**material)
@@ -134,6 +138,10 @@ def run_stage(
         missing = stage.writes.missing(out)
         if missing:
             raise RuntimeError(f"{stage.name} did not write {missing}, which its {stage.kind} format declares")
+        if may_publish is not None and not may_publish():
+            raise StoreError(f"{stage.name}: this worker lost its lock on key {key[:12]} while computing (a pause "
+                             f"longer than the lease, or the lock server was unreachable for that long); another "
+                             f"worker may be computing the same key, so this result is not published")
         manifest = {
             **material,
             "params": params.model_dump(mode="json"),

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -155,16 +156,23 @@ class ArtifactStore:
         For a local store it lives under the root, so publishing is a rename on one
         file system; otherwise in the system temp folder.
         """
+        owner = None
         if self.is_local:
             staging = Path(self.path) / "staging"
             staging.mkdir(parents=True, exist_ok=True)
             workdir = Path(tempfile.mkdtemp(prefix=f"{uuid.uuid4().hex}-", dir=staging))
+            # Who builds here, beside the folder (inside it, it would be published): gc leaves
+            # the folder of a live process alone however long its stage runs.
+            owner = staging_owner_file(workdir)
+            owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         else:
             workdir = Path(tempfile.mkdtemp(prefix="distillery-"))
         try:
             yield workdir
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            if owner is not None:
+                owner.unlink(missing_ok=True)
 
     def publish(self, workdir: Path, kind: str, manifest: dict[str, Any]) -> ArtifactRef:
         """Move a finished folder into the store under its content digest."""
@@ -177,7 +185,10 @@ class ArtifactStore:
         ref = ArtifactRef(kind=kind, digest=digest)
         if self.verify(ref).ok:
             return ref  # identical content already published: keep the first copy
-        self.remove(digest)  # a broken copy, if any, must not block the good one
+        if self.fs.exists(f"{self.object_path(digest)}/{MANIFEST}"):
+            self.remove(digest)  # a published but broken copy must not block the good one
+        # No manifest: nothing there, or another publisher's upload of this digest in progress.
+        # Same digest, same bytes: uploading over it is harmless, deleting it would not be.
         full_manifest = {
             **manifest,
             "kind": kind,
@@ -233,6 +244,9 @@ class ArtifactStore:
         files = manifest.get("files", {})
         if content_digest(manifest.get("kind", ""), files) != digest:
             return Verification(False, "manifest does not match the digest")
+        extra = self._extra_files(base, files)
+        if extra:
+            return Verification(False, f"files {extra[:5]} are not in its manifest")
         stamp = []
         for name, expected in sorted(files.items()):
             path = f"{base}/{name}"
@@ -255,6 +269,17 @@ class ArtifactStore:
                 return Verification(False, problem)
         self._verified[digest] = tuple(stamp)
         return Verification(True)
+
+    def _extra_files(self, base: str, files: dict[str, str]) -> list[str]:
+        """Files in the artifact's folder its manifest does not name: never used, so refused.
+        (Locally `open` hands out the folder itself, where an added file would be read.)"""
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        root = base.rstrip("/").split("://", 1)[-1].lstrip("/")
+        names = {p.split("://", 1)[-1].lstrip("/")[len(root):].lstrip("/") for p in found}
+        return sorted(names - set(files) - {MANIFEST})
 
     def _cached_copy(self, digest: str) -> Path:
         return machine_cache() / digest
@@ -386,6 +411,28 @@ class ArtifactStore:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def staging_owner_file(workdir: Path) -> Path:
+    return workdir.with_name(workdir.name + ".owner.json")
+
+
+def staging_in_use(workdir: Path) -> bool:
+    """Whether a live process on this machine is building in this staging folder."""
+    try:
+        owner = json.loads(staging_owner_file(workdir).read_text())
+        host, pid = owner["host"], int(owner["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return True  # another machine's run on a shared folder: not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mismatch(found: dict[str, str], expected: dict[str, str]) -> str:

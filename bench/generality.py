@@ -42,7 +42,9 @@ def row(store: ArtifactStore, name: str) -> dict:
         "smallest_class_share": round(min(counts.values()) / sum(counts.values()), 4) if isinstance(counts, dict) else None,
         "teacher": {k: teacher[k] for k in ("accuracy", "macro_f1")}, "student_int8": {k: int8[k] for k in ("accuracy", "macro_f1")},
         "test_gap": {k: on_test[k] for k in ("accuracy_gap_points", "macro_f1_gap", "worst_class", "flagged", "reasons")},
-        "validation_shortfall": {k: evaluation["shortfall"][k] for k in ("accuracy_gap_points", "macro_f1_gap", "worst_class", "flagged")}
+        "validation_shortfall": {**{k: evaluation["shortfall"][k] for k in ("accuracy_gap_points", "macro_f1_gap", "worst_class", "flagged")},
+                                 "teacher_accuracy": evaluation["shortfall"]["teacher"]["accuracy"],
+                                 "student_int8_accuracy": evaluation["shortfall"]["student_int8"]["accuracy"]}
         if "shortfall" in evaluation else None,
         "speedup_batch1": round(teacher["latency_p50_ms"] / int8["latency_p50_ms"], 1),
         "stage_seconds": {step: store.manifest(digest).get("timings", {}).get("seconds") for step, digest in record.steps.items()},
@@ -51,16 +53,19 @@ def row(store: ArtifactStore, name: str) -> dict:
     }
 
 
-def markdown(result: dict) -> str:
-    lines = ["# Generality: the INT8 student against its teacher, every data set with the defaults", "",
+def markdown(result: dict, title: str = "Generality: the INT8 student against its teacher, every data set with the defaults") -> str:
+    lines = [f"# {title}", "",
              machine_line(result["machine"]) + " (the machine this table was written on; each run's own threads are in the JSON)", "",
-             "| data set | train rows | classes | smallest class | teacher acc / F1 | INT8 acc / F1 | gap (points / F1) | worst class on test (teacher -> INT8 F1) | within targets | batch-1 speed-up |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+             "| run | train rows | classes | smallest class | validation: teacher / INT8 acc | test: teacher acc / F1 | test: INT8 acc / F1 | gap (points / F1) | worst class on test (teacher -> INT8 F1) | within targets | batch-1 speed-up |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     for r in result["rows"]:
         gap, worst = r["test_gap"], r["test_gap"]["worst_class"]
         share = f"{r['smallest_class_share']:.1%}" if r["smallest_class_share"] is not None else "?"
         within = "yes" if abs(gap["macro_f1_gap"]) <= 0.02 and not gap["flagged"] else "no"
-        lines.append(f"| {r['name']} | {r['rows'].get('train')} | {r['classes']} | {share} | "
+        val = r["validation_shortfall"]
+        on_validation = (f"{val['teacher_accuracy']:.2%} / {val['student_int8_accuracy']:.2%}"
+                         if val and "teacher_accuracy" in val else "")
+        lines.append(f"| {r['name']} | {r['rows'].get('train')} | {r['classes']} | {share} | {on_validation} | "
                      f"{r['teacher']['accuracy']:.2%} / {r['teacher']['macro_f1']:.3f} | "
                      f"{r['student_int8']['accuracy']:.2%} / {r['student_int8']['macro_f1']:.3f} | "
                      f"{gap['accuracy_gap_points']:.2f} / {gap['macro_f1_gap']:.3f} | {worst['label']} "
@@ -79,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     add_store_argument(parser)
     parser.add_argument("--name", action="append", required=True, help="a workload name (repeat for each)")
     parser.add_argument("--out", type=Path, default=RESULTS / "generality.json")
+    parser.add_argument("--title", default=None, help="the markdown table's title")
     args = parser.parse_args(argv)
     store = ArtifactStore(args.store)
     result = {"machine": machine(), "rows": [row(store, name) for name in args.name]}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    text = markdown(result, args.title) if args.title else markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 

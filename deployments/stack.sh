@@ -17,8 +17,14 @@
 #
 # Clients (prefect deploy, prefect deployment run, flows/*.py) use the settings that
 # `up` writes to $STACK/env:  eval "$(deployments/stack.sh env)"
-# Secrets (database and Redis passwords, S3 keys) are generated into $STACK/secrets,
-# unless given in the environment; none is ever written to the repository.
+# Secrets (the API's auth string, database and Redis passwords, S3 keys) are generated into
+# $STACK/secrets, unless given in the environment; none is ever written to the repository.
+# The API always asks for its auth string; CORS admits the UI's own origin only; CSRF
+# protection is on. The process pool's job template has no `command` variable, so a flow
+# run's job variables cannot make a worker run a shell command of their choosing.
+# Refused: binding beyond loopback with the bundled moto S3 (it accepts any key, and its
+# reset endpoint wipes the store: give a real S3 with DISTILLERY_S3_ENDPOINT), and workers
+# running as root (DISTILLERY_WORKERS_AS_ROOT=1 allows it, for a disposable container).
 # The UI in a browser talks to http://$DISTILLERY_PUBLIC_HOST:$DISTILLERY_PREFECT_PORT/api
 # (the public host defaults to the bind address; set it when binding 0.0.0.0).
 set -euo pipefail
@@ -42,6 +48,22 @@ mkdir -p "$STACK"/{logs,pids,secrets,workers}
 chmod 700 "$STACK/secrets"
 
 log() { echo "[stack $(date +%H:%M:%S)] $*" >&2; }
+
+refuse() { echo "[stack] refused: $*" >&2; exit 2; }
+
+loopback() { case "$HOST" in 127.*|localhost|::1) return 0 ;; *) return 1 ;; esac; }
+
+check_exposure() {  # before anything starts: what a non-loopback bind would expose
+  if ! loopback && [ -z "${DISTILLERY_S3_ENDPOINT:-}" ]; then
+    refuse "DISTILLERY_BIND=$HOST exposes the bundled moto S3, which accepts any credentials and can be reset by anyone who reaches it; give a real S3 with DISTILLERY_S3_ENDPOINT (and its keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), or bind to 127.0.0.1"
+  fi
+}
+
+check_worker_user() {
+  if [ "$(id -u)" = 0 ] && [ "${DISTILLERY_WORKERS_AS_ROOT:-}" != 1 ]; then
+    refuse "workers would run as root, and every flow run with them: start the stack as an unprivileged user (DISTILLERY_WORKERS_AS_ROOT=1 allows root, for a disposable container only)"
+  fi
+}
 
 secret() {  # secret NAME [VALUE]: the given value, else a stored or new random one
   local file="$STACK/secrets/$1"
@@ -79,7 +101,12 @@ if auth:
 urllib.request.urlopen(request, timeout=2)' "$1"
 }
 
-write_server_env() {  # what every client needs: the server's address (the server alone: no store, locks or S3)
+api_auth() {  # the API's auth string: given, else generated once (user:password, as Prefect takes it)
+  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then printf '%s' "$PREFECT_SERVER_API_AUTH_STRING"
+  else printf 'distillery:%s' "$(secret api_password)"; fi
+}
+
+write_server_env() {  # what every client needs: the server's address and auth (the server alone: no store, locks or S3)
   umask 077
   cat > "$STACK/env" <<EOF
 export PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
@@ -87,9 +114,7 @@ export PREFECT_UI_URL=http://$PUBLIC_HOST:$PREFECT_PORT
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export DISTILLERY_PROJECT_DIR=$PROJECT
 EOF
-  if [ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" ]; then
-    echo "export PREFECT_API_AUTH_STRING='$PREFECT_SERVER_API_AUTH_STRING'" >> "$STACK/env"
-  fi
+  echo "export PREFECT_API_AUTH_STRING='$(api_auth)'" >> "$STACK/env"
 }
 
 write_env() {  # the full stack: the server's settings, then the shared store, locks and S3
@@ -151,8 +176,11 @@ start_server() {
   mkdir -p "$STACK/server"
   if [ -e "$STACK/server-only" ]; then database="sqlite+aiosqlite:///$STACK/server/prefect.db"
   else database="postgresql+asyncpg://prefect:$(secret pg_password)@$HOST:$PG_PORT/prefect"; fi
+  PREFECT_SERVER_API_AUTH_STRING=$(api_auth); export PREFECT_SERVER_API_AUTH_STRING  # http_ok sends it too
   PREFECT_HOME="$STACK/server" \
   PREFECT_SERVER_DATABASE_CONNECTION_URL="$database" \
+  PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://$PUBLIC_HOST:$PREFECT_PORT" \
+  PREFECT_SERVER_CSRF_PROTECTION_ENABLED=true \
   PREFECT_UI_API_URL="http://$PUBLIC_HOST:$PREFECT_PORT/api" PREFECT_UI_URL="http://$PUBLIC_HOST:$PREFECT_PORT" \
   PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_ENABLED=${PREFECT_UI_ENABLED:-true} \
   start_bg server "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
@@ -216,6 +244,8 @@ stop_pids() {  # stop_pids NAME...: together, so a round waits for the slowest, 
 
 up() {
   local workers=${1:-2}
+  check_exposure
+  check_worker_user
   if [ -e "$STACK/server-only" ] && running server; then
     log "a server-only stack runs in $STACK: stop it first (down)"; exit 1
   fi
@@ -227,7 +257,7 @@ up() {
   start_redis
   start_s3
   "$BIN/prefect" work-pool inspect "$POOL" > /dev/null 2>&1 ||
-    "$BIN/prefect" work-pool create "$POOL" --type process > /dev/null
+    "$BIN/prefect" work-pool create "$POOL" --type process --base-job-template "$HERE/job-templates/process.json" > /dev/null
   log "work pool $POOL (process)"
   local threads=${DISTILLERY_WORKER_THREADS:-$(( $(nproc) / workers ))}
   [ "$threads" -ge 1 ] || threads=1
@@ -269,7 +299,7 @@ status() {
 case "${1:-}" in
   up) up "${2:-2}" ;;
   server) server_only ;;
-  worker) set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
+  worker) check_worker_user; set -a; source "$STACK/env"; set +a; start_worker "${2:?worker number}" ;;
   down) down ;;
   purge) down; rm -rf "$(pg_home)" "$STACK" ;;
   status) status ;;

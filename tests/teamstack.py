@@ -41,13 +41,34 @@ def free_port() -> int:
 
 def stack_environment(stack_dir: Path, data: Path) -> dict[str, str]:
     env = {**os.environ, **OFFLINE, "DISTILLERY_STACK_DIR": str(stack_dir), "DISTILLERY_PYTHON": sys.executable,
-           "DISTILLERY_DATA": str(data), "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-           "PREFECT_SERVER_API_AUTH_STRING": "distillery:" + os.urandom(8).hex()}
+           "DISTILLERY_DATA": str(data), "PREFECT_API_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    # The stack makes its own API auth string; one from the calling shell must not stand in for it.
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)
+    if os.geteuid() == 0:  # CI runs as root in a disposable container: the stack refuses root workers otherwise
+        env["DISTILLERY_WORKERS_AS_ROOT"] = "1"
     for name in ("PG", "PREFECT", "REDIS", "S3"):
         env[f"DISTILLERY_{name}_PORT"] = str(free_port())
     for name in ("PREFECT_API_URL", "PREFECT_HOME", "DISTILLERY_STORE", "DISTILLERY_LOCKS"):
         env.pop(name, None)
     return env
+
+
+def stack_processes(stack_dir: Path) -> list[int]:
+    """Live processes the stack in stack_dir started: they inherit its DISTILLERY_STACK_DIR
+    (pid files prove nothing: `down` deletes them whether or not the process ended)."""
+    marker = f"DISTILLERY_STACK_DIR={stack_dir}".encode()
+    alive = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if marker in environ and "zombie" not in state:
+            alive.append(int(proc.name))
+    return alive
 
 
 def client_environment(env: dict[str, str]) -> dict[str, str]:
@@ -85,8 +106,10 @@ def query(stack, deployment: str) -> list[dict]:
     return json.loads(out.stdout)
 
 
-def deployment_run(stack, *params: str) -> subprocess.Popen:
+def deployment_run(stack, *params: str, job_variables: dict | None = None) -> subprocess.Popen:
     args = [str(BIN / "prefect"), "deployment", "run", "distillery/emotion", "--watch"]
     for param in params:
         args += ["--param", param]
+    for name, value in (job_variables or {}).items():
+        args += ["--job-variable", f"{name}={json.dumps(value)}"]
     return subprocess.Popen(args, cwd=stack["dir"], env=stack["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,10 +6,12 @@ import json
 import threading
 import uuid
 
+import pytest
+
 from artifacts.cache import cached_or_run, look_up
 from artifacts.progress import Progress
 from artifacts.stage import run_stage
-from artifacts.store import ArtifactRef, ArtifactStore
+from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 from conftest import old_prefect_record
 from tasks.stages import fetch, tokenize
 from tasks.data.sources import DataParams
@@ -20,7 +22,8 @@ def quiet() -> Progress:
     return Progress(log=lambda message: None, bar=False)
 
 
-def test_run_stage_notes_its_key_so_a_remote_store_finds_the_artifact(emotion_slice):
+def test_run_stage_notes_its_key_so_a_remote_store_finds_the_artifact(emotion_slice, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_LOCKS", "local")  # one process uses this remote store
     store = ArtifactStore(f"memory://cache-lookup-{uuid.uuid4().hex}")
     params = DataParams(source=str(emotion_slice))
     key = fetch.STAGE.key(params, {})
@@ -106,3 +109,11 @@ def test_two_callers_of_one_key_compute_it_once(tmp_path, emotion_slice):
         thread.join()
     assert sorted(o.cached for o in outcomes) == [False, True, True]
     assert len({o.ref for o in outcomes}) == 1
+
+
+def test_a_worker_that_lost_its_lock_does_not_publish(tmp_path, emotion_slice):
+    store = ArtifactStore(tmp_path / "store")
+    params = DataParams(source=str(emotion_slice))
+    with pytest.raises(StoreError, match="lost its lock.*not published"):
+        run_stage(fetch.STAGE, params, {}, store, may_publish=lambda: False)
+    assert list(store.digests()) == [] and store.made_under(fetch.STAGE.key(params, {})) is None

@@ -125,3 +125,67 @@ def test_contenders_for_one_key_hold_it_one_at_a_time(where, tmp_path):
             assert holder == who
             holder = None
     assert not manager_for(where, 1).is_locked("stage-key")
+
+
+def test_a_failed_renewal_is_retried_not_abandoned(where):
+    """One renewal meets a backend error (a Redis timeout, say): the next tick renews, the lease holds."""
+    manager = manager_for(where, lease=1.5)
+    renew, failures = manager._renewals.renew, []
+
+    def flaky(key, holder):
+        if not failures:
+            failures.append(key)
+            raise ConnectionError("Timeout reading from socket")
+        return renew(key, holder)
+
+    manager._renewals.renew = flaky
+    assert manager.acquire_lock("flaky-key", "worker-a")
+    time.sleep(3.5)  # more than two leases: held only if renewals went on after the failure
+    assert failures and manager.still_held("flaky-key", "worker-a")
+    manager.release_lock("flaky-key", "worker-a")
+
+
+PAUSED = CHILD_MANAGER.replace("LEASE", "1.5") + textwrap.dedent("""
+    assert manager.acquire_lock("paused-key", "worker-a")
+    print("held", flush=True)
+    sys.stdin.readline()  # the parent pauses this process, then asks
+    print("still held" if manager.still_held("paused-key", "worker-a") else "lost", flush=True)
+""")
+
+
+def test_a_holder_paused_past_its_lease_knows_it_lost_the_lock(where):
+    """A worker stopped (SIGSTOP: a VM pause, a long GC, a swapped-out process) longer than its
+    lease loses the lock to another worker, and says so when it resumes."""
+    import os
+    import signal
+
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", PAUSED, where], cwd=repo, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        os.kill(child.pid, signal.SIGSTOP)
+        other = manager_for(where, lease=1.5)
+        deadline = time.monotonic() + 10
+        while not other.acquire_lock("paused-key", "worker-b", acquire_timeout=0.2):
+            assert time.monotonic() < deadline, "the paused holder's lease never lapsed"
+        os.kill(child.pid, signal.SIGCONT)
+        child.stdin.write("check\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "lost"
+        assert other.still_held("paused-key", "worker-b")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_remote_store_needs_a_named_lock_server(monkeypatch):
+    from artifacts.locks import lock_manager_for
+    from artifacts.store import ArtifactStore, StoreError
+
+    remote = ArtifactStore("memory://locks-need-a-server")
+    monkeypatch.delenv("DISTILLERY_LOCKS", raising=False)
+    with pytest.raises(StoreError, match=r"remote but no lock server.*DISTILLERY_LOCKS=local"):
+        lock_manager_for(remote)
+    monkeypatch.setenv("DISTILLERY_LOCKS", "local")  # one machine, on purpose
+    assert isinstance(lock_manager_for(remote), LeaseLockManager)

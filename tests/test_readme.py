@@ -5,7 +5,7 @@ import re
 import subprocess
 
 from conftest import OFFLINE, REPO
-from teamstack import stack_environment
+from teamstack import stack_environment, stack_processes
 
 README = (REPO / "README.md").read_text()
 
@@ -38,12 +38,11 @@ def test_run_on_a_prefect_server_section_works_as_written(tmp_path, emotion_dir)
     stack_dir = tmp_path / "stack"
     env = stack_environment(stack_dir, emotion_dir)
     env.pop("DISTILLERY_DATA")  # the block sets it itself
-    env.pop("PREFECT_SERVER_API_AUTH_STRING")
     try:
         run = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         logs = "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in (stack_dir / "logs").glob("*.log"))
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + logs
         assert "Flow run finished successfully in 'Completed'" in run.stdout
-        assert not list((stack_dir / "pids").glob("*.pid"))  # everything stopped
+        assert stack_processes(stack_dir) == []  # everything stopped
     finally:
         subprocess.run(["bash", str(REPO / "deployments" / "stack.sh"), "purge"], cwd=REPO, env=env, capture_output=True, timeout=300)

@@ -152,3 +152,41 @@ def test_workers_sharing_a_machine_cache_keep_a_good_copy_and_replace_a_damaged_
     third = ArtifactStore("memory://distillery-shared-cache").open(ref)
     assert (third / "model.onnx").read_bytes() == b"onnx bytes"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [ref.digest]  # nothing left behind
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_a_file_added_to_a_published_artifact_is_refused(tmp_path, monkeypatch, where):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    store = ArtifactStore(tmp_path / "store" if where == "local" else f"memory://added-file-{tmp_path.name}")
+    ref = publish(store, {"model/config.json": b"{}", "model/model.safetensors": b"weights"})
+    assert store.verify(ref).ok
+    store.fs.pipe(f"{store.object_path(ref.digest)}/model/modeling_custom.py", b"import os")  # planted beside the model
+    check = ArtifactStore(store.root).verify(ref)
+    assert not check.ok and "model/modeling_custom.py" in check.problem and "not in its manifest" in check.problem
+
+
+def test_a_remote_publish_never_deletes_another_publishers_upload_in_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    store = ArtifactStore(f"memory://upload-in-progress-{tmp_path.name}")
+    files = {"model.onnx": b"onnx bytes", "config.json": b"{}"}
+    ref = publish(ArtifactStore(f"memory://upload-elsewhere-{tmp_path.name}"), files)  # the digest these files get
+    store.fs.pipe(f"{store.object_path(ref.digest)}/model.onnx", b"onnx bytes")  # worker A: half uploaded, no manifest
+    removed = []
+    monkeypatch.setattr(store, "remove", lambda digest: removed.append(digest))
+    assert publish(store, files) == ref  # worker B, same content
+    assert removed == [] and ArtifactStore(store.root).verify(ref).ok
+
+
+def test_verify_repair_leaves_an_upload_in_progress_alone(tmp_path):
+    import subprocess
+    import sys
+
+    store = ArtifactStore(tmp_path / "store")
+    good = publish(store, {"a.bin": b"a"})
+    in_progress = "f" * 64
+    (tmp_path / "store" / "objects" / in_progress).mkdir(parents=True)
+    (tmp_path / "store" / "objects" / in_progress / "model.onnx").write_bytes(b"half")  # no manifest yet
+    repair = subprocess.run([sys.executable, "-m", "artifacts", "--store", str(tmp_path / "store"), "verify", "--repair"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert repair.returncode == 0 and "INCOMPLETE fffffffffff" in repair.stdout, repair.stdout + repair.stderr
+    assert (tmp_path / "store" / "objects" / in_progress / "model.onnx").exists() and store.verify(good).ok

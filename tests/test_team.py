@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from flows.pipeline import STEP_NAMES
-from teamstack import BIN, deployment_run, query
+from teamstack import BIN, deployment_run, query, stack_processes
 
 
 def test_services_listen_on_loopback_only_and_secrets_stay_out_of_the_repo(stack):
@@ -24,6 +24,7 @@ def test_services_listen_on_loopback_only_and_secrets_stay_out_of_the_repo(stack
         bound = [row[1] for row in listening if int(row[1].split(":")[1], 16) == port and row[3] == "0A"]  # 0A: LISTEN
         assert bound and all(address.startswith("0100007F") for address in bound), (name, port, bound)  # 127.0.0.1
     assert stack["env"]["PREFECT_API_URL"] == f"http://127.0.0.1:{stack['ports']['PREFECT']}/api"
+    assert len(stack_processes(stack["dir"])) >= 5  # server, Redis, S3, two workers: what the README test sees gone
     secrets = stack["dir"] / "secrets"
     assert oct(secrets.stat().st_mode)[-3:] == "700" and oct((stack["dir"] / "env").stat().st_mode)[-3:] == "600"
     for secret in secrets.iterdir():
@@ -31,15 +32,37 @@ def test_services_listen_on_loopback_only_and_secrets_stay_out_of_the_repo(stack
         assert found.returncode == 1, f"{secret.name} appears in the repository"
 
 
-def test_server_requires_its_auth_string(stack):
+def test_server_requires_the_auth_string_the_stack_generated(stack):
+    import base64
     import urllib.error
     import urllib.request
 
-    health = stack["env"]["PREFECT_API_URL"] + "/flows/filter"
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(urllib.request.Request(health, method="POST", data=b"{}"), timeout=10)
-    assert refused.value.code == 401
-    assert stack["env"]["PREFECT_API_AUTH_STRING"]  # clients and workers get it from the stack's env
+    api = stack["env"]["PREFECT_API_URL"]
+
+    def call(path: str, method: str = "GET", auth: str | None = None, **headers: str) -> tuple[int, dict]:
+        if auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        request = urllib.request.Request(api + path, method=method, headers=headers,
+                                         data=b"{}" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
+    # Nothing in the test's environment set it: the stack generated it, and hands it to clients and workers.
+    generated = "distillery:" + (stack["dir"] / "secrets" / "api_password").read_text()
+    assert stack["env"]["PREFECT_API_AUTH_STRING"] == generated
+    assert call("/admin/version")[0] == 401
+    assert call("/admin/version", auth="distillery:guessed")[0] == 401
+    assert call("/admin/version", auth=generated)[0] == 200
+    # CSRF protection: a state-changing call without the server's CSRF token is refused, even with the auth string.
+    assert call("/flows/filter", "POST", auth=generated, **{"Content-Type": "application/json"})[0] == 403
+    # CORS admits the UI's own origin only: a page elsewhere cannot call the API from a browser.
+    for origin, allowed in ((stack["env"]["PREFECT_UI_URL"], True), ("http://evil.example", False)):
+        _, headers = call("/flows/filter", "OPTIONS", Origin=origin, **{"Access-Control-Request-Method": "POST"})
+        granted = {k.lower(): v for k, v in headers.items()}.get("access-control-allow-origin")
+        assert (granted == origin) == allowed, (origin, granted)
 
 
 def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
@@ -63,8 +86,11 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
         pid = (stack["dir"] / "pids" / f"{worker}.pid").read_text().strip()
         assert f"OMP_NUM_THREADS={share}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"), worker
 
-    third = deployment_run(stack, "smoke=true")
+    # A run asking the worker for a command of its own: the pool's job template has no such variable.
+    marker = stack["dir"] / "injected"
+    third = deployment_run(stack, "smoke=true", job_variables={"command": f"touch {marker}"})
     assert third.communicate(timeout=600)[0] and third.returncode == 0
+    assert not marker.exists()
     newest = [r for r in query(stack, "emotion") if r["id"] not in earlier | {f["id"] for f in flow_runs}]
     # Every stage cached; only the run's own report (never cached) was written.
     assert {stage: newest[0]["tasks"][stage] for stage in STEP_NAMES} == {stage: "Cached" for stage in STEP_NAMES}
@@ -85,6 +111,28 @@ def test_nightly_deployment_schedules_runs_in_its_timezone(stack):
         start = datetime.fromisoformat(run["start"]).astimezone(ZoneInfo("Europe/Berlin"))
         assert (start.hour, start.minute) == (3, 0), run
         assert start > datetime.now(ZoneInfo("Europe/Berlin"))  # in the future: nothing fires during the test
+
+
+def stack_command(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "DISTILLERY_STACK_DIR": str(tmp_path / "stack"), **env}
+    environment.pop("DISTILLERY_WORKERS_AS_ROOT", None)
+    environment.update(env)
+    return subprocess.run(["bash", str(REPO / "deployments" / "stack.sh"), *args], cwd=REPO, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_public_bind_with_the_bundled_s3_is_refused_before_anything_starts(tmp_path):
+    up = stack_command(tmp_path, "up", "1", DISTILLERY_BIND="0.0.0.0", DISTILLERY_WORKERS_AS_ROOT="1")
+    assert up.returncode == 2 and "moto" in up.stderr and "DISTILLERY_S3_ENDPOINT" in up.stderr, up.stderr
+    assert list((tmp_path / "stack" / "pids").iterdir()) == []  # nothing was started
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks the refusal of root workers: needs to run as root")
+def test_workers_as_root_are_refused_unless_allowed(tmp_path):
+    for command in (("up", "1"), ("worker", "3")):
+        refused = stack_command(tmp_path, *command)
+        assert refused.returncode == 2 and "as root" in refused.stderr, refused.stderr
+    assert list((tmp_path / "stack" / "pids").iterdir()) == []
 
 
 @pytest.mark.parametrize("kind", ["docker", "kubernetes"])

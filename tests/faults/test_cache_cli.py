@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 
+from artifacts.checkpoints import Checkpoints
 from artifacts.store import ArtifactStore
 from conftest import OFFLINE, REPO, run_cli, store_copy
 from flows.pipeline import STEP_NAMES
@@ -68,8 +69,7 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     (store / "staging" / "interrupted-run").mkdir(parents=True)
     finished_key = next((store / "keys").iterdir()).name.removesuffix(".json")
     for key in (finished_key, "c" * 64):  # a finished stage's leftover, and a crashed run's
-        (store / "checkpoints" / key).mkdir(parents=True)
-        (store / "checkpoints" / key / "checkpoint.json").write_text("{}")
+        Checkpoints(artifacts, key).save(7, lambda folder: (folder / "state.bin").write_bytes(b"weights"))
     dry = cache(store, "gc", "--min-age-minutes", "0")
     assert f"would delete {orphan.digest[:12]}" in dry.stdout and "staging/interrupted-run" in dry.stdout
     assert (store / "objects" / orphan.digest).exists()  # a dry run deletes nothing
@@ -83,6 +83,8 @@ def test_gc_deletes_only_what_nothing_references(cold, tmp_path):
     assert not (store / "staging" / "interrupted-run").exists()
     assert not (store / "checkpoints" / finished_key).exists()
     assert (store / "checkpoints" / ("c" * 64)).exists()  # may still be resumed
+    cache(store, "gc", "--delete", "--min-age-minutes", "0", "--checkpoint-days", str(1 / 86400))  # older than a second
+    assert not (store / "checkpoints" / ("c" * 64)).exists()  # abandoned: collected
     for stage in cold[2].summary["stages"].values():
         assert artifacts.verify(stage["artifact"]).ok
 

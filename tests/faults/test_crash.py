@@ -110,4 +110,23 @@ def test_process_killed_while_writing_leaves_no_visible_artifact(tmp_path):
     os.killpg(writer.pid, signal.SIGKILL)
     writer.wait()
     assert store.digests() == []  # the half-written folder is only in staging/
-    assert len(list((tmp_path / "store" / "staging").iterdir())) == 1
+    assert len([p for p in (tmp_path / "store" / "staging").iterdir() if p.is_dir()]) == 1
+
+
+def test_gc_leaves_a_live_runs_staging_folder_alone_however_old(tmp_path):
+    """A teacher trains for an hour in its staging folder: gc must not delete it under the run."""
+    store_dir = tmp_path / "store"
+    ArtifactStore(store_dir)
+    writer = start([sys.executable, "-c", WRITER, str(store_dir)], {**os.environ})
+    read_until(writer, "HALF", [])
+    [folder] = [p for p in (store_dir / "staging").iterdir() if p.is_dir()]
+    two_hours_ago = time.time() - 7200
+    os.utime(folder, (two_hours_ago, two_hours_ago))
+    gc = [sys.executable, "-m", "artifacts", "--store", str(store_dir), "gc", "--delete", "--min-age-minutes", "60"]
+    subprocess.run(gc, cwd=REPO, check=True, capture_output=True, timeout=120)
+    assert (folder / "model.safetensors").exists()  # its writer lives
+    os.killpg(writer.pid, signal.SIGKILL)
+    writer.wait()
+    swept = subprocess.run(gc, cwd=REPO, check=True, capture_output=True, text=True, timeout=120)
+    assert not folder.exists() and "left by an interrupted run" in swept.stdout
+    assert list((store_dir / "staging").iterdir()) == []  # its owner note went with it
