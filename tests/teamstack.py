@@ -28,6 +28,7 @@ QUERY = textwrap.dedent("""
         for run in runs:
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             out.append({"id": str(run.id), "state": run.state.name, "start": str(run.expected_start_time),
+                        "end": run.end_time.timestamp() if run.end_time else None,
                         "tasks": {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks}})
         print(json.dumps(out))
 """)

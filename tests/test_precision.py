@@ -84,6 +84,7 @@ def test_bf16_training_trains_and_reports_what_ran(emotion_slice):
         del os.environ[precision.EMULATION_OVERRIDE]
     metrics = store.manifest(made)["metrics"]
     assert (metrics["precision"], metrics["device"]) == ("bf16", "cpu")
+    assert metrics["matmul_dtype"] == "bfloat16"  # what ran, read off the model's first Linear layer
     assert metrics["final_loss"] < 1.79  # below uniform guessing over 6 classes (ln 6)
     import safetensors.torch
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,19 @@ def test_server_requires_the_auth_string_the_stack_generated(stack):
         assert (granted == origin) == allowed, (origin, granted)
 
 
+# In the workers' environment: the store is the S3 one, its latest emotion run whole; prints its artifact count.
+S3_HOLDS = """
+import os
+from artifacts.runs import latest_run
+from artifacts.store import ArtifactStore
+store = ArtifactStore(os.environ["DISTILLERY_STORE"])
+assert store.root.startswith("s3://"), store.root
+record = latest_run(store, "emotion")
+assert all(store.verify(ref).ok for ref in record.roles.values())
+print(len(store.digests()))
+"""
+
+
 def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
     earlier = {r["id"] for r in query(stack, "emotion")}
     started = time.monotonic()
@@ -85,6 +99,15 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
         assert sum(r["id"] in log for r in flow_runs) == 1, worker
         pid = (stack["dir"] / "pids" / f"{worker}.pid").read_text().strip()
         assert f"OMP_NUM_THREADS={share}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"), worker
+
+    # The shared parts did the sharing: Redis took a lock per computed stage (and released it),
+    # and the S3 bucket, not some local folder, holds the runs' artifacts.
+    import redis
+
+    stats = redis.Redis.from_url(stack["env"]["DISTILLERY_LOCKS"]).info("commandstats")
+    assert stats["cmdstat_set"]["calls"] >= len(STEP_NAMES) and stats["cmdstat_eval"]["calls"] >= len(STEP_NAMES), stats
+    in_s3 = subprocess.run([sys.executable, "-c", S3_HOLDS], env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert in_s3.returncode == 0 and int(in_s3.stdout) >= len(STEP_NAMES), in_s3.stdout + in_s3.stderr
 
     # A run asking the worker for a command of its own: the pool's job template has no such variable.
     marker = stack["dir"] / "injected"

@@ -43,6 +43,7 @@ def test_the_fused_optimizer_is_what_steps_and_the_default_loop_on_request():
         model = load_classifier("tiny", ["a", "b"], seed=0)
         history = train(model, sequences, classification_loss(labels), params(fused_optimizer=fused), quiet(), "t", 0)
         assert history["optimizer"] == expected
+        assert history["matmul_dtype"] == "float32"  # fp32: no autocast (test_precision.py checks bf16)
 
 
 def test_fused_and_default_adamw_take_the_same_steps():

@@ -165,10 +165,12 @@ def train(
         first, folder = resumed
         running = _restore(folder, model, optimizer, schedule, best)
         progress.info(f"{label}: resumed from the checkpoint at step {first}/{len(plan)}")
+    matmul = _MatmulDtype(model)
     for step, batch in enumerate(plan[first:], start=first + 1):
         input_ids, mask = (t.to(device) for t in pad(sequences, batch, pad_id, to_length=pad_to))
         with autocast(precision, device):
             loss = loss_fn(model, batch, input_ids, mask, step)
+        matmul.done()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -204,6 +206,7 @@ def train(
         "padding_share": round(1 - tokens / max(1, padded), 4),
         "device": device,
         "precision": precision,
+        "matmul_dtype": matmul.seen,
         "optimizer": optimizer_kind(optimizer),
     }
     if best.step is not None:
@@ -218,6 +221,25 @@ def train(
     model.eval()
     model.to("cpu")  # saved and exported from the CPU
     return history
+
+
+class _MatmulDtype:
+    """The dtype the model's first Linear layer produced in the first training step: what
+    the precision setting actually did (bfloat16 under bf16 autocast), read off the model."""
+
+    def __init__(self, model):
+        self.seen: str | None = None
+        linear = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+        self._hook = linear.register_forward_hook(self._record) if linear is not None else None
+
+    def _record(self, module, inputs, output) -> None:
+        if self.seen is None:
+            self.seen = str(output.dtype).removeprefix("torch.")
+
+    def done(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
 
 def _validate(model: torch.nn.Module, validation: tuple[Sequence[np.ndarray], np.ndarray], pad_id: int,

@@ -179,3 +179,32 @@ def test_a_store_of_old_prefect_records_keeps_working(cold, tmp_path):
     assert run.code == 0 and set(run.states().values()) == {"cached"}, run.output[-3000:]
     assert all(noted(artifacts, s["artifact"]) for s in run.summary["stages"].values())
     assert isinstance(artifacts.made_under(artifacts.noted_keys()[0]), ArtifactRef)
+
+
+def test_explain_names_code_library_input_and_upstream_changes(cold):
+    """Each kind of reason `explain` gives, from a manifest that differs from today's inputs in that one way."""
+    from artifacts.runs import latest_run
+    from flows.explain import WouldRun, _reasons
+    from tasks.stages import fetch, teacher
+
+    store = ArtifactStore(cold[0])
+    record = latest_run(store, "emotion")
+    made = store.manifest(record.role("teacher"))
+    params = teacher.TeacherParams.model_validate(made["params"])
+    inputs = {"tokens": record.role("teacher_tokens")}
+    assert _reasons(store, teacher.STAGE, params, inputs, made) == []  # as it was made: nothing to say
+    module = "tasks.training.loop"
+    old = {**made, "code": {**made["code"], module: "0" * 64}, "versions": {**made["versions"], "torch": "1.0.0"},
+           "upstream": {"tokens": "f" * 64}}
+    reasons = _reasons(store, teacher.STAGE, params, inputs, old)
+    assert f"code of {module} changed" in reasons
+    assert f"library torch: 1.0.0 -> {made['versions']['torch']}" in reasons
+    assert f"upstream tokens: artifact {'f' * 12} -> {inputs['tokens'].digest[:12]}" in reasons
+    assert _reasons(store, teacher.STAGE, params, {"tokens": WouldRun("tokenize")}, made) == ["upstream tokenize reruns"]
+    # A source file's content is an extra input of fetch_dataset: its change is named.
+    fetched = store.manifest(record.role("dataset"))
+    assert fetched["extra"], "fetch_dataset keys its source files' content"
+    name = next(iter(fetched["extra"]))
+    changed = {**fetched, "extra": {**fetched["extra"], name: "an older file"}}
+    fetch_params = fetch.STAGE.params.model_validate(fetched["params"])
+    assert any(r.startswith(f"input {name}: an older file -> ") for r in _reasons(store, fetch.STAGE, fetch_params, {}, changed))

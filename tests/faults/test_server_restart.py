@@ -19,6 +19,8 @@ def test_server_restart_during_a_run_loses_no_finished_work(stack):
     while time.monotonic() < deadline and not any(
             "fine_tune_teacher: " in log.read_text()[size:] for log, size in zip(logs, sizes)):
         time.sleep(0.5)
+    assert time.monotonic() < deadline, "the run never reached fine_tune_teacher: nothing was in flight to restart under"
+    restarted_at = time.time()
     restart = subprocess.run(["bash", str(STACK), "restart-server"], cwd=REPO,
                              env={**stack["env"], "DISTILLERY_STACK_DIR": str(stack["dir"])},
                              capture_output=True, text=True, timeout=300)
@@ -32,6 +34,8 @@ def test_server_restart_during_a_run_loses_no_finished_work(stack):
             break
         time.sleep(2)
     assert interrupted is not None, "the run neither finished nor failed after the restart"
+    # It was still running when the server went down: otherwise this test proved nothing.
+    assert interrupted["end"] is None or interrupted["end"] > restarted_at, interrupted
     print(f"run across the server restart ended {interrupted['state']}")
     again = deployment_run(stack, *params)
     again.communicate(timeout=900)
