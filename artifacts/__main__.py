@@ -79,6 +79,13 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
             if args.delete:
                 shutil.rmtree(folder, ignore_errors=True)
                 staging_owner_file(folder).unlink(missing_ok=True)
+    # Uploads that never finished (no manifest), once older than min_age: on S3 nothing else removes them.
+    unfinished = [d for d in store.digests() if d not in known and store.last_modified(d) is not None
+                  and time.time() - store.last_modified(d) > min_age]
+    for digest in unfinished:
+        print(f"{verb} {digest[:12]} (an upload that never finished: no manifest)")
+        if args.delete:
+            store.remove(digest)
     finished = set(store.noted_keys()) | set(record_keys(store))
     checkpoints = []
     for folder in _checkpoint_folders(store):
@@ -101,7 +108,7 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
                 store.forget_key(key)
     freed = sum(e.size_bytes for e in doomed)
     print(f"{verb} {len(doomed)} artifacts ({_size(freed).strip()}), {len(stale)} staging folders, "
-          f"{len(checkpoints)} checkpoints and {len(notes)} key notes; kept {len(keep & set(known))} artifacts")
+          f"{len(unfinished)} unfinished uploads, {len(checkpoints)} checkpoints and {len(notes)} key notes; kept {len(keep & set(known))} artifacts")
     return 0
 
 

@@ -333,6 +333,22 @@ class ArtifactStore:
         self._copies[ref.digest] = _folder_stamp(local)
         return local
 
+    def last_modified(self, digest: str) -> float | None:
+        """When any file under the artifact's folder last changed (epoch seconds), None if it has none.
+        File systems report it differently: local mtime, S3 LastModified, memory created."""
+        try:
+            infos = self.fs.find(self.object_path(digest), detail=True).values()
+        except FileNotFoundError:
+            return None
+        times = []
+        for info in infos:
+            stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
+            if hasattr(stamp, "timestamp"):
+                stamp = stamp.timestamp()
+            if isinstance(stamp, (int, float)):
+                times.append(float(stamp))
+        return max(times) if times else None
+
     def digests(self) -> list[str]:
         try:
             names = self.fs.ls(f"{self.path}/objects", detail=False)

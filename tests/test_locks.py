@@ -189,3 +189,47 @@ def test_a_remote_store_needs_a_named_lock_server(monkeypatch):
         lock_manager_for(remote)
     monkeypatch.setenv("DISTILLERY_LOCKS", "local")  # one machine, on purpose
     assert isinstance(lock_manager_for(remote), LeaseLockManager)
+
+
+def test_redis_down_mid_stage_fails_the_stage_and_publishes_nothing(tmp_path, monkeypatch):
+    """The lock server dies while a stage computes: renewals fail, and the stage ends in an
+    error instead of publishing work no lock covered any more."""
+    import redis
+    from pydantic import BaseModel
+
+    from artifacts.cache import cached_or_run
+    from artifacts.progress import Progress
+    from artifacts.stage import Stage
+    from artifacts.store import ArtifactStore
+    from tasks.formats import Format
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, cwd=tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    monkeypatch.setenv("DISTILLERY_LOCKS", url)
+    monkeypatch.setenv("DISTILLERY_LOCK_LEASE_SECONDS", "3")
+
+    class Nothing(BaseModel):
+        pass
+
+    def build(params, inputs, out, progress):
+        server.kill()
+        server.wait()
+        time.sleep(2.5)  # renewals (every second) meet the outage
+        (out / "blob.bin").write_bytes(b"work no lock covers any more")
+        return {}
+
+    stage = Stage(name="outage", writes=Format("blob", ("blob.bin",)), params=Nothing, inputs=(), build=build)
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(redis.ConnectionError):
+        cached_or_run(stage, Nothing(), {}, store, Progress(log=lambda message: None, bar=False))
+    assert store.digests() == []

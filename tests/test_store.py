@@ -190,3 +190,25 @@ def test_verify_repair_leaves_an_upload_in_progress_alone(tmp_path):
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert repair.returncode == 0 and "INCOMPLETE fffffffffff" in repair.stdout, repair.stdout + repair.stderr
     assert (tmp_path / "store" / "objects" / in_progress / "model.onnx").exists() and store.verify(good).ok
+
+
+def test_gc_collects_an_upload_that_never_finished_once_old(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    store = ArtifactStore(tmp_path / "store")
+    publish(store, {"a.bin": b"a"})
+    abandoned, in_progress = "a" * 64, "b" * 64
+    for digest in (abandoned, in_progress):
+        (tmp_path / "store" / "objects" / digest).mkdir(parents=True)
+        (tmp_path / "store" / "objects" / digest / "model.onnx").write_bytes(b"half")  # no manifest
+    two_hours_ago = time.time() - 7200
+    os.utime(tmp_path / "store" / "objects" / abandoned / "model.onnx", (two_hours_ago, two_hours_ago))
+    assert store.last_modified(abandoned) == pytest.approx(two_hours_ago)
+    gc = subprocess.run([sys.executable, "-m", "artifacts", "--store", str(tmp_path / "store"), "gc", "--delete"],
+                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0 and "never finished" in gc.stdout, gc.stdout + gc.stderr
+    assert not (tmp_path / "store" / "objects" / abandoned).exists()
+    assert (tmp_path / "store" / "objects" / in_progress / "model.onnx").exists()  # younger than an hour: may be uploading
