@@ -705,3 +705,35 @@ def test_a_small_data_set_gets_more_variants_per_text(tmp_path, emotion_dir):
     made = run_stage(augment.STAGE, augment.AugmentParams(copies=1, min_texts=500, max_copies=8), {"dataset": dataset}, store)
     metrics = store.manifest(made)["metrics"]
     assert metrics["copies"] == 4 and metrics["tried"] == 400 and metrics["rows"] > 300
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAt(Progress):
+    """Progress that stops the stage at a given step, as a crash would (after that step's checkpoint)."""
+
+    def __init__(self, at: int, said: list[str]):
+        super().__init__(log=said.append, bar=False)
+        self.at = at
+
+    def step(self, label: str, done: int, total: int, **stats: float) -> None:
+        super().step(label, done, total, **stats)
+        if done == self.at:
+            raise Interrupted(label)
+
+
+def test_distil_student_resumes_from_its_checkpoint_and_ends_identical(pipeline, monkeypatch):
+    store, refs = pipeline
+    params = distil.StudentParams(epochs=2, learning_rate=2e-3, batch_size=16)  # the fixture's: its student is the uninterrupted run
+    monkeypatch.setenv("DISTILLERY_CHECKPOINT_SECONDS", "0")  # a checkpoint at every step
+    said: list[str] = []
+    with pytest.raises(Interrupted):
+        run_stage(distil.STAGE, params, student_inputs(refs), store, StopAt(12, said))
+    assert any("checkpoint saved at step 11/" in line for line in said)
+    monkeypatch.setenv("DISTILLERY_CHECKPOINT_SECONDS", "3600")
+    resumed_said: list[str] = []
+    resumed = run_stage(distil.STAGE, params, student_inputs(refs), store, Progress(log=resumed_said.append, bar=False))
+    assert any("resumed from the checkpoint at step 11/" in line for line in resumed_said), resumed_said
+    assert resumed == refs["student"]  # bit-identical to the student never interrupted
