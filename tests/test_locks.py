@@ -29,22 +29,28 @@ HOLDER = CHILD_MANAGER.replace("LEASE", "1.5") + textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A real redis-server on a free loopback port, answering: (its process, its URL)."""
+    import redis
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, cwd=tmp_path_factory.mktemp("redis"))
+                              stdout=subprocess.DEVNULL, cwd=folder)
     url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
     for _ in range(100):
         try:
             redis.Redis.from_url(url).ping()
             break
         except redis.ConnectionError:
             time.sleep(0.1)
+    return server, url
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    server, url = start_redis(tmp_path_factory.mktemp("redis"))
     yield url
     server.terminate()
     server.wait()
@@ -203,18 +209,7 @@ def test_redis_down_mid_stage_fails_the_stage_and_publishes_nothing(tmp_path, mo
     from artifacts.store import ArtifactStore
     from tasks.formats import Format
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, cwd=tmp_path)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
+    server, url = start_redis(tmp_path)
     monkeypatch.setenv("DISTILLERY_LOCKS", url)
     monkeypatch.setenv("DISTILLERY_LOCK_LEASE_SECONDS", "3")
 
