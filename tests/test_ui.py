@@ -9,6 +9,7 @@ DISTILLERY_UI_DOCS=1 also refreshes docs/ui-report.png, the README's picture.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -40,8 +41,6 @@ def ui_server(tmp_path_factory, emotion_dir):
     """`deployments/stack.sh server` on a free port (never 4200), stopped by `purge`."""
     stack_dir = tmp_path_factory.mktemp("ui-stack")
     env = stack_environment(stack_dir, emotion_dir)
-    # The UI's login form for an auth string is Prefect's, not what this test reads.
-    env.pop("PREFECT_SERVER_API_AUTH_STRING")
     port = int(env["DISTILLERY_PREFECT_PORT"])
     assert port != 4200
     started = time.monotonic()
@@ -146,6 +145,10 @@ def test_run_page_shows_the_report_plots_table_and_progress(ui, ui_server, ui_ru
 
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(WAIT_MS)
+    # Logged in as a person is after Prefect's login form (the stack's API always asks for its
+    # auth string): both UIs keep it, base64, under this localStorage key.
+    auth = base64.b64encode(ui_server["env"]["PREFECT_API_AUTH_STRING"].encode()).decode()
+    context.add_init_script(f"window.localStorage.setItem('prefect-password', '{auth}')")
     page = context.new_page()
     api_calls: list[str] = []
     page.on("request", lambda request: api_calls.append(request.url) if "/api/" in request.url else None)
