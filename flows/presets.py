@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from flows.config import SECTIONS, PipelineConfig, check_workload_name
+from tasks.data.sources import resolve_data_revision
 from tasks.errors import DistilleryError
 from tasks.training.device import resolve_device, resolve_precision
 
@@ -177,6 +178,7 @@ def build_config(
             problems.append(f"{where}: {error['msg']}")
         raise DistilleryError("invalid configuration: " + "; ".join(problems)) from None
     config.check()
+    config = config.model_copy(update={"data": resolve_data_revision(config.data)})  # a Hub source pinned to its commit
     return resolve_hardware(config, describe or (lambda section, field: f"{section}.{field}"))
 
 

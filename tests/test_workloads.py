@@ -140,7 +140,7 @@ def test_presets_are_workloads_of_the_same_command():
     assert request.preset == "generic" and config.data.label_names is None and config.data.source == "./my-data"
     from flows.presets import build_config, emotion
 
-    preset = build_config(emotion())  # hardware resolved, as the run's configuration is
+    preset = build_config(emotion(), "./my-data")  # hardware resolved, as the run's configuration is
     assert (config.teacher, config.student) == (preset.teacher, preset.student)  # the emotion preset's models
 
 
