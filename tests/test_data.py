@@ -1,6 +1,7 @@
 """fetch_dataset: every supported format, and every bad input refused with its fix."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -217,3 +218,60 @@ def test_sentence_holdout_keeps_validation_sentences_and_their_own_phrases_out_o
     (one / "dev.tsv").write_text("sentence\tlabel\nbad\t0\n")
     with pytest.raises(DistilleryError, match="no sentence for validation and another for train; use --data-validation-holdout rows"):
         load_splits(p.model_copy(update={"source": str(one)}))
+
+
+def sharded_emotion(emotion_dir, target, shards: int = 3, rows: int = 40) -> Path:
+    """Real emotion rows as a folder of CSV shards for train (a file a day), one test file."""
+    lines = [line.rsplit(";", 1) for line in (emotion_dir / "train.txt").read_text().splitlines()[1:]]
+    (target / "train").mkdir(parents=True)
+    for day in range(shards):
+        chunk = lines[day * rows:(day + 1) * rows]
+        pd.DataFrame(chunk, columns=["text", "label"]).to_csv(target / "train" / f"2026-12-0{day + 1}.csv", index=False)
+    test = [line.rsplit(";", 1) for line in (emotion_dir / "test.txt").read_text().splitlines()[1:31]]
+    pd.DataFrame(test, columns=["text", "label"]).to_csv(target / "test.csv", index=False)
+    return target
+
+
+def test_a_split_may_be_a_folder_of_shards_and_a_new_shard_adds_rows_and_changes_the_key(tmp_path, emotion_dir):
+    from tasks.data.sources import source_fingerprint
+
+    folder = sharded_emotion(emotion_dir, tmp_path / "daily", shards=2)
+    two_days, _ = load_splits(params(folder))
+    key_before = fetch.STAGE.key(params(folder), {})
+    shards = source_fingerprint(params(folder))["files"]["train"]
+    assert [s["name"] for s in shards] == ["train/2026-12-01.csv", "train/2026-12-02.csv"]
+    (folder / "train" / "2026-12-03.csv").write_text((folder / "train" / "2026-12-02.csv").read_text().replace("i ", "we ", 5))
+    three_days, _ = load_splits(params(folder))
+    assert len(three_days["train"]) + len(three_days["validation"]) == 120
+    assert len(two_days["train"]) + len(two_days["validation"]) == 80
+    assert fetch.STAGE.key(params(folder), {}) != key_before  # the nightly run reads the new day's rows
+
+
+def test_a_split_may_be_named_by_a_glob_and_a_glob_matching_nothing_is_refused(tmp_path, emotion_dir):
+    folder = sharded_emotion(emotion_dir, tmp_path / "daily", shards=3)
+    first_two, _ = load_splits(params(folder, splits={"train": "train/2026-12-0[12].csv", "test": "test.csv"}))
+    assert len(first_two["train"]) + len(first_two["validation"]) == 80
+    with pytest.raises(DistilleryError, match=r"pattern 'train/2025-\*\.csv' matches no data file.*--data-splits"):
+        load_splits(params(folder, splits={"train": "train/2025-*.csv", "test": "test.csv"}))
+
+
+def test_a_shard_with_other_columns_is_refused_naming_it(tmp_path, emotion_dir):
+    folder = sharded_emotion(emotion_dir, tmp_path / "daily", shards=2)
+    odd = folder / "train" / "2026-12-02.csv"
+    odd.write_text(odd.read_text().replace("text,label", "sentence,label", 1))
+    with pytest.raises(DistilleryError, match=r"shard .*2026-12-02\.csv of the train split has columns \['sentence', 'label'\]"):
+        load_splits(params(folder))
+
+
+def test_an_unpinned_hub_source_offline_is_refused_at_the_edge_naming_the_fixes(monkeypatch):
+    from flows.presets import build_config, emotion
+    from tasks.data.sources import resolve_data_revision
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DistilleryError) as refused:
+        build_config(emotion())  # the preset's source: dair-ai/emotion, no revision
+    assert "--data-revision" in str(refused.value) and "--data" in str(refused.value)
+    pinned = DataParams(source="dair-ai/emotion", revision="0123abcd")
+    assert resolve_data_revision(pinned) == pinned  # pinned: used as given
+    local = DataParams(source=str(DATA_ROOT / "emotion"))
+    assert resolve_data_revision(local) == local  # folders are keyed by their files' checksums

@@ -40,13 +40,13 @@ def test_cuda_where_there_is_none_is_refused(monkeypatch):
 
 def test_auto_is_resolved_at_the_edge_into_every_training_stage(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: ZEN4)
-    config = build_config(emotion(), data="x")
+    config = build_config(emotion(), data="./x")
     assert (config.teacher.device, config.teacher.precision) == ("cpu", "bf16")
     assert (config.student.device, config.student.precision) == ("cpu", "bf16")
     assert (config.soft_labels.device, config.soft_labels.precision) == ("cpu", "bf16")  # teacher inference as trained
     monkeypatch.setattr(precision, "cpu_flags", lambda: OLD)
-    assert build_config(emotion(), data="x").teacher.precision == "fp32"
-    fixed = build_config(emotion(), data="x", overrides={"teacher": {"precision": "fp32"}, "student": {"precision": "auto"}})
+    assert build_config(emotion(), data="./x").teacher.precision == "fp32"
+    fixed = build_config(emotion(), data="./x", overrides={"teacher": {"precision": "fp32"}, "student": {"precision": "auto"}})
     assert fixed.teacher.precision == fixed.soft_labels.precision == "fp32"
 
 

@@ -133,15 +133,17 @@ def test_presets_are_workloads_of_the_same_command():
     request, _ = parse_request(["--preset", "emotion", "--smoke", "--data", "../shared/data/emotion"])
     assert (request.preset, request.config().name) == ("emotion", "emotion")  # default name: the preset's
     assert request.config().data.label_names == EMOTION_LABELS
-    request, _ = parse_request(["--preset", "sst2", "--name", "sst2-nightly-check"])
+    # The preset's Hub source, pinned (offline an unpinned one is refused: tests/test_data.py)
+    request, _ = parse_request(["--preset", "sst2", "--name", "sst2-nightly-check", "--data-revision", "0123abcd"])
     assert request.config().name == "sst2-nightly-check" and request.config().data.source == "stanfordnlp/sst2"
     request, _ = parse_request(["--name", "reviews", "--data", "./my-data"])
     config = request.config()
     assert request.preset == "generic" and config.data.label_names is None and config.data.source == "./my-data"
     from flows.presets import build_config, emotion
 
-    preset = build_config(emotion())  # hardware resolved, as the run's configuration is
-    assert (config.teacher, config.student) == (preset.teacher, preset.student)  # the emotion preset's models
+    preset = build_config(emotion(), "./my-data")  # hardware resolved, as the run's configuration is
+    assert config.teacher == preset.teacher  # the emotion preset's models and schedule ...
+    assert config.student == preset.student.model_copy(update={"class_balance": 0.5})  # ... and class-balanced rows
 
 
 def test_the_deployments_pass_parameters_the_flow_accepts():

@@ -25,9 +25,9 @@ TEXT_COLUMNS = ("text", "sentence")
 LABEL_COLUMNS = ("label", "label_name", "labels")
 
 
-def check_sizes(fs: fsspec.AbstractFileSystem, files: dict[str, str], max_mb: float) -> None:
+def check_sizes(fs: fsspec.AbstractFileSystem, files: dict[str, list[str]], max_mb: float) -> None:
     """Refuse, before reading any, a split file too big to read whole on this machine."""
-    for split, path in files.items():
+    for split, path in ((split, path) for split, paths in files.items() for path in paths):
         size = fs.size(path)
         if size is not None and size > max_mb * 1e6:
             raise DistilleryError(

@@ -12,6 +12,7 @@ trained, and nothing is published.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -78,28 +79,71 @@ def _matching(available: list[str], wanted: str) -> str | None:
     return None
 
 
-def locate_split_files(params: DataParams) -> dict[str, str]:
-    """Split name -> file path, for folder sources. Validation may be absent."""
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def _data_files(paths: list[str]) -> list[str]:
+    return sorted(p for p in paths if Path(p.rstrip("/")).suffix.lower() in FORMATS)
+
+
+def locate_split_files(params: DataParams) -> dict[str, list[str]]:
+    """Split name -> its files, in the order they are read, for folder sources. A split is
+    one file (train.csv), a folder of shards (train/, every data file in it), or a glob
+    named in --data-splits (train/*.csv); shards are read in sorted order, so a daily drop
+    (a new file) adds rows. Validation may be absent."""
     fs, root = _folder(params.source)
-    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(root, detail=False)}
-    data_files = [n for n in names if Path(n).suffix.lower() in FORMATS]
-    found: dict[str, str] = {}
+    entries = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e for e in fs.ls(root, detail=True)}
+    data_files = [n for n in entries if entries[n]["type"] != "directory" and Path(n).suffix.lower() in FORMATS]
+    folders = [n for n in entries if entries[n]["type"] == "directory"]
+    found: dict[str, list[str]] = {}
     wanted = params.splits or {split: split for split in SPLITS}
     for split, name in wanted.items():
         if split not in SPLITS:
             raise DistilleryError(f"unknown split {split!r} in --data-splits: use {', '.join(SPLITS)}")
+        if _is_glob(name):
+            shards = _data_files(fs.glob(f"{root}/{name}"))
+            if not shards:
+                raise DistilleryError(f"the {split} split's pattern {name!r} matches no data file ({', '.join(FORMATS)}) "
+                                      f"in {params.source}: fix --data-splits")
+            found[split] = shards
+            continue
         match = _matching(data_files, name)
         if match is not None:
-            found[split] = names[match]
+            found[split] = [entries[match]["name"]]
+            continue
+        folder = _matching(folders, name)
+        if folder is not None:
+            shards = _data_files(fs.ls(entries[folder]["name"], detail=False))
+            if not shards:
+                raise DistilleryError(f"the {split} split's folder {entries[folder]['name']} holds no data file "
+                                      f"({', '.join(FORMATS)}): add its shards, or name another with --data-splits")
+            found[split] = shards
         elif params.splits:
-            raise DistilleryError(f"no file {name!r} for the {split} split in {params.source}: found {sorted(names)}; fix --data-splits")
+            raise DistilleryError(f"no file {name!r} for the {split} split in {params.source}: found {sorted(entries)}; fix --data-splits")
     for split in ("train", "test"):
         if split not in found:
             raise DistilleryError(
                 f"no {split} split in {params.source}: expected a file named {split}"
-                f"{{{','.join(FORMATS)}}}, or name it with --data-splits '{{\"{split}\": \"FILE\"}}'"
+                f"{{{','.join(FORMATS)}}} or a folder {split}/ of such files, or name it with --data-splits '{{\"{split}\": \"FILE\"}}'"
             )
     return found
+
+
+def read_split(fs: fsspec.AbstractFileSystem, split: str, paths: list[str]) -> pd.DataFrame:
+    """A split's shards as one table, in order; every shard must have the first one's columns."""
+    frames = [read_table(fs, path) for path in paths]
+    first = list(frames[0].columns)
+    for path, frame in zip(paths[1:], frames[1:]):
+        if list(frame.columns) != first:
+            raise DistilleryError(f"shard {path} of the {split} split has columns {list(frame.columns)}, the shard before "
+                                  f"it ({paths[0]}) {first}: give every shard of a split the same columns")
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def split_where(paths: list[str]) -> str:
+    """How a split is named in messages: its file, or its shards."""
+    return paths[0] if len(paths) == 1 else f"{paths[0].rsplit('/', 1)[0]}/ ({len(paths)} shards)"
 
 
 def _load_hub(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str] | None]:
@@ -180,8 +224,8 @@ def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]
         fs, _ = _folder(params.source)
         files = locate_split_files(params)
         check_sizes(fs, files, params.max_file_mb)
-        raw = {split: read_table(fs, path) for split, path in files.items()}
-        hub_names, where = None, files
+        raw = {split: read_split(fs, split, paths) for split, paths in files.items()}
+        hub_names, where = None, {split: split_where(paths) for split, paths in files.items()}
     text_col = {s: _pick_column(f, params.text_column, TEXT_COLUMNS, "text", where[s], "--data-text-column") for s, f in raw.items()}
     label_col = {s: _pick_column(f, params.label_column, LABEL_COLUMNS, "label", where[s], "--data-label-column") for s, f in raw.items()}
     given = params.label_names or hub_names
@@ -200,19 +244,53 @@ def load_splits(params: DataParams) -> tuple[dict[str, pd.DataFrame], list[str]]
 
 
 def source_fingerprint(params: DataParams) -> dict:
-    """What the source holds, for the cache key: file checksums, or the Hub id and revision.
+    """What the source holds, for the cache key: each file's checksum, or the Hub id and revision.
 
-    A file edited in place changes the key, so it is read again; Hub data sets are
-    versioned by their revision.
+    A file edited in place, or a shard added, changes the key, so the data is read again;
+    a Hub data set is keyed by its revision, which the edge resolves to a commit
+    (resolve_data_revision) so that a changed data set is a new key.
     """
     if is_hub_id(params.source):
         return {"hub": params.source, "revision": params.revision}
-    fs, _ = _folder(params.source)
+    fs, root = _folder(params.source)
     checksums = {}
-    for split, path in sorted(locate_split_files(params).items()):
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        checksums[split] = {"name": path.rsplit("/", 1)[-1], "sha256": digest.hexdigest()}
+    for split, paths in sorted(locate_split_files(params).items()):
+        shards = []
+        for path in paths:
+            digest = hashlib.sha256()
+            with fs.open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            shards.append({"name": path[len(root):].lstrip("/"), "sha256": digest.hexdigest()})
+        checksums[split] = shards
     return {"files": checksums}
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def resolve_data_revision(params: DataParams) -> DataParams:
+    """A Hub source pinned to the commit it is at now, so the cache key changes when the data set
+    does (a nightly run would otherwise never read it again). Folder sources are keyed by their
+    files' checksums already. Offline, an unpinned Hub source is refused: it cannot be read, and
+    nothing could tell whether it changed."""
+    if not is_hub_id(params.source):
+        return params
+    if hub_offline():
+        if params.revision:
+            return params  # pinned: used as given (from the local Hub cache, if it has it)
+        raise DistilleryError(
+            f"data set {params.source!r} is on the Hugging Face Hub, and this machine is offline (HF_HUB_OFFLINE): "
+            f"it cannot be read, nor its revision resolved. Point at a local copy with {DATA_HINT}, "
+            f"e.g. --data ../shared/data/emotion, or pin a revision the local Hub cache holds with --data-revision COMMIT")
+    try:
+        from huggingface_hub import HfApi
+
+        commit = HfApi().dataset_info(params.source, revision=params.revision).sha
+    except Exception as exc:
+        raise DistilleryError(
+            f"cannot resolve data set {params.source!r} at revision {params.revision or 'main'!r} on the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}): check the id and "
+            f"--data-revision, or point at a local copy with {DATA_HINT}") from None
+    return params.model_copy(update={"revision": commit})
