@@ -71,7 +71,7 @@ class _Renewals:
                 try:
                     held = self.renew(key, holder)
                 except Exception as exc:  # noqa: BLE001 - any backend error: try again next tick
-                    log.warning("renewing the lock on %s failed (%s); retrying in %.0f s", key[:12], exc, self.interval)
+                    log.warning("renewing the lock on %s failed (%s); retrying in %.1f s", key[:12], exc, self.interval)
                     continue
                 if not held:
                     log.error("the lock on %s was lost (its lease lapsed, or another holder took it): "
