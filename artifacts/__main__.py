@@ -80,8 +80,8 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
                 shutil.rmtree(folder, ignore_errors=True)
                 staging_owner_file(folder).unlink(missing_ok=True)
     # Uploads that never finished (no manifest), once older than min_age: on S3 nothing else removes them.
-    unfinished = [d for d in store.digests() if d not in known and store.last_modified(d) is not None
-                  and time.time() - store.last_modified(d) > min_age]
+    changed = {d: store.last_modified(d) for d in store.digests() if d not in known}
+    unfinished = [d for d, at in changed.items() if at is not None and time.time() - at > min_age]
     for digest in unfinished:
         print(f"{verb} {digest[:12]} (an upload that never finished: no manifest)")
         if args.delete:

@@ -244,15 +244,14 @@ class ArtifactStore:
         files = manifest.get("files", {})
         if content_digest(manifest.get("kind", ""), files) != digest:
             return Verification(False, "manifest does not match the digest")
-        extra = self._extra_files(base, files)
-        if extra:
+        listing = self._listing(base)  # one listing: what is there, with sizes and times
+        extra = sorted(set(listing) - set(files) - {MANIFEST})
+        if extra:  # never used, so refused (locally `open` hands out the folder itself, where it would be read)
             return Verification(False, f"files {extra[:5]} are not in its manifest")
         stamp = []
-        for name, expected in sorted(files.items()):
-            path = f"{base}/{name}"
-            try:
-                info = self.fs.info(path)
-            except FileNotFoundError:
+        for name in sorted(files):
+            info = listing.get(name)
+            if info is None:
                 return Verification(False, f"file {name} is missing")
             if info.get("size") != manifest.get("sizes", {}).get(name, info.get("size")):
                 return Verification(False, f"file {name} has the wrong size")
@@ -270,16 +269,14 @@ class ArtifactStore:
         self._verified[digest] = tuple(stamp)
         return Verification(True)
 
-    def _extra_files(self, base: str, files: dict[str, str]) -> list[str]:
-        """Files in the artifact's folder its manifest does not name: never used, so refused.
-        (Locally `open` hands out the folder itself, where an added file would be read.)"""
+    def _listing(self, base: str) -> dict[str, dict]:
+        """Every file under an artifact's folder, by its path relative to the folder: its info."""
         try:
-            found = self.fs.find(base)
+            found = self.fs.find(base, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         root = base.rstrip("/").split("://", 1)[-1].lstrip("/")
-        names = {p.split("://", 1)[-1].lstrip("/")[len(root):].lstrip("/") for p in found}
-        return sorted(names - set(files) - {MANIFEST})
+        return {path.split("://", 1)[-1].lstrip("/")[len(root):].lstrip("/"): info for path, info in found.items()}
 
     def _cached_copy(self, digest: str) -> Path:
         return machine_cache() / digest
@@ -336,12 +333,8 @@ class ArtifactStore:
     def last_modified(self, digest: str) -> float | None:
         """When any file under the artifact's folder last changed (epoch seconds), None if it has none.
         File systems report it differently: local mtime, S3 LastModified, memory created."""
-        try:
-            infos = self.fs.find(self.object_path(digest), detail=True).values()
-        except FileNotFoundError:
-            return None
         times = []
-        for info in infos:
+        for info in self._listing(self.object_path(digest)).values():
             stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
             if hasattr(stamp, "timestamp"):
                 stamp = stamp.timestamp()
@@ -443,11 +436,11 @@ def staging_in_use(workdir: Path) -> bool:
     if host != socket.gethostname():
         return True  # another machine's run on a shared folder: not ours to judge
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError too means the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

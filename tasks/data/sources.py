@@ -11,7 +11,6 @@ trained, and nothing is published.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from artifacts.store import sha256_file
 from tasks.errors import DistilleryError
 from tasks.formats import SPLITS
 from tasks.data.files import FORMATS, LABEL_COLUMNS, TEXT_COLUMNS, check_sizes, read_table
@@ -136,8 +136,8 @@ def read_split(fs: fsspec.AbstractFileSystem, split: str, paths: list[str]) -> p
     first = list(frames[0].columns)
     for path, frame in zip(paths[1:], frames[1:]):
         if list(frame.columns) != first:
-            raise DistilleryError(f"shard {path} of the {split} split has columns {list(frame.columns)}, the shard before "
-                                  f"it ({paths[0]}) {first}: give every shard of a split the same columns")
+            raise DistilleryError(f"shard {path} of the {split} split has columns {list(frame.columns)}, the first "
+                                  f"shard ({paths[0]}) {first}: give every shard of a split the same columns")
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
@@ -257,11 +257,7 @@ def source_fingerprint(params: DataParams) -> dict:
     for split, paths in sorted(locate_split_files(params).items()):
         shards = []
         for path in paths:
-            digest = hashlib.sha256()
-            with fs.open(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            shards.append({"name": path[len(root):].lstrip("/"), "sha256": digest.hexdigest()})
+            shards.append({"name": path[len(root):].lstrip("/"), "sha256": sha256_file(path, fs)})
         checksums[split] = shards
     return {"files": checksums}
 

@@ -49,9 +49,10 @@ def student_to_teacher_ids(teacher_pieces: Sequence[str], student_pieces: Sequen
 
 def vocabulary_alignment(teacher_tokenizer, student_tokenizer) -> dict:
     """How much of the student's vocabulary the teacher's holds, and whether that is enough."""
-    mapping = student_to_teacher_ids(piece_names(teacher_tokenizer), piece_names(student_tokenizer))
+    teacher_pieces = piece_names(teacher_tokenizer)
+    mapping = student_to_teacher_ids(teacher_pieces, piece_names(student_tokenizer))
     shared = float((mapping >= 0).mean())
-    same_ids = bool(len(piece_names(teacher_tokenizer)) == len(mapping) and np.array_equal(mapping, np.arange(len(mapping))))
+    same_ids = bool(len(teacher_pieces) == len(mapping) and np.array_equal(mapping, np.arange(len(mapping))))
     return {"shared_share": round(shared, 5), "student_vocabulary": len(mapping), "same_ids": same_ids,
             "aligned": shared >= LEAST_SHARED_VOCABULARY}
 
