@@ -10,6 +10,7 @@ import calendar
 import time
 from dataclasses import dataclass
 
+from artifacts.promotions import logged_runs
 from artifacts.records import RecordError, read_record, record_keys
 from artifacts.store import ArtifactStore
 
@@ -51,6 +52,8 @@ def roots(store: ArtifactStore) -> dict[str, str]:
             pointed.setdefault(store.resolve_alias(name).digest, f"alias {name}")
         except Exception:
             continue
+    for digest in logged_runs(store):  # a rollback may return to any run a promotion log names
+        pointed.setdefault(digest, "promotion log")
     for key in store.noted_keys():
         ref = store.made_under(key)
         if ref is not None:

@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 
@@ -30,7 +30,11 @@ class RunRecord(BaseModel):
     roles: dict[str, ArtifactRef]
     steps: dict[str, str] = {}  # step name -> artifact digest, in DAG order
     labels: list[str] = []  # class names in id order: what the INT8 model's outputs mean
+    data_findings: list[dict] = []  # the data checks' findings (tasks/data/checks.py), allowed ones included
+    decision: dict = {}  # the promotion gate's decision (tasks/stages/judge.py decide)
     created: str = ""
+    # The record's own digest, set when it is read from the store; never written into it.
+    digest: str = Field("", exclude=True)
 
     def role(self, name: str) -> ArtifactRef:
         try:
@@ -58,7 +62,7 @@ def publish_run(store: ArtifactStore, record: RunRecord) -> ArtifactRef:
 def read_run(store: ArtifactStore, ref: ArtifactRef | str) -> RunRecord:
     digest = ref.digest if isinstance(ref, ArtifactRef) else ref
     folder = store.open(ArtifactRef(kind=RUN_KIND, digest=digest))
-    return RunRecord.model_validate(json.loads((folder / RUN_FILE).read_text()))
+    return RunRecord.model_validate({**json.loads((folder / RUN_FILE).read_text()), "digest": digest})
 
 
 def latest_run(store: ArtifactStore, workload: str) -> RunRecord:

@@ -32,7 +32,7 @@ from tasks.errors import DistilleryError
 from tasks.measure.metrics import gap_words
 
 # Short names for the flags people type most.
-ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher"}
+ALIASES = {("data", "source"): "--data", ("teacher", "model"): "--teacher", ("checks", "allow"): "--data-allow"}
 ENVIRONMENT = {("data", "source"): "DISTILLERY_DATA"}
 # Set from other parameters, not by hand: the tokenizer from the teacher and the
 # student init; teacher inference runs on the teacher's device and precision.

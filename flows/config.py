@@ -7,12 +7,14 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from tasks.data.checks import CheckParams
 from tasks.stages.augment import AugmentParams
 from tasks.stages.distil import FROM_TEACHER, StudentParams
 from tasks.stages.distil import layer_losses as distil_layer_losses
 from tasks.errors import DistilleryError
 from tasks.stages.evaluate import EvaluateParams
 from tasks.stages.export import ExportParams
+from tasks.stages.judge import GateParams
 from tasks.models.loading import tokenizer_source
 from tasks.stages.qat import QATParams
 from tasks.stages.quantize import QuantizeParams
@@ -47,6 +49,7 @@ class PipelineConfig(BaseModel):
     name: str = Field("emotion", description="workload name: the store aliases <name>/latest and <name>/report, the "
                       "report's title, the Prefect run's name and tags")
     data: DataParams = DataParams()
+    checks: CheckParams = CheckParams()
     tokenize: TokenizeParams = TokenizeParams()
     teacher: TeacherParams = TeacherParams()
     augment: AugmentParams = AugmentParams()
@@ -56,6 +59,7 @@ class PipelineConfig(BaseModel):
     quantize: QuantizeParams = QuantizeParams()
     qat: QATParams = QATParams()
     evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
 
     @field_validator("name")
     @classmethod
@@ -97,4 +101,4 @@ class PipelineConfig(BaseModel):
         return self.tokenize.model_copy(update={"tokenizer": self.student_tokenizer})
 
 
-SECTIONS = ("data", "tokenize", "teacher", "augment", "soft_labels", "student", "export", "quantize", "qat", "evaluate")
+SECTIONS = ("data", "checks", "tokenize", "teacher", "augment", "soft_labels", "student", "export", "quantize", "qat", "evaluate", "gate")

@@ -5,6 +5,7 @@
     distillery status --name reviews --data ./my-data --student-seed 7   # what that run would recompute
     distillery predict --name reviews "arrived late, works fine"
     distillery report --name reviews [--open]
+    distillery promote reviews 3ee42f85f2fb | distillery rollback reviews       # what predict serves
     distillery explain --name reviews --data ./my-data --student-seed 7  # status, one line per step
     distillery list | verify | gc                                          # the store (python -m artifacts)
 
@@ -127,11 +128,61 @@ def report(argv: list[str], prog: str) -> int:
     return 0
 
 
+def promotion_parser(prog: str, description: str, run: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("name", help="the workload's name")
+    if run:
+        parser.add_argument("run", help="the run to serve: a run record's digest or unique prefix (6+ characters), or an "
+                                        "alias such as NAME/latest")
+    add_store_argument(parser)
+    return parser
+
+
+def promote(argv: list[str], prog: str) -> int:
+    """Make a run the workload's production run, by hand, through the promotion log and its lock."""
+    from artifacts.promotions import promote as promote_run
+    from artifacts.runs import RUN_KIND, find_run, latest_run
+    from artifacts.store import ArtifactRef, ArtifactStore, StoreError
+
+    args = promotion_parser(prog, "Serve RUN as NAME's production model (alias NAME/production), by hand; "
+                                  "logged in the store's promotion log", run=True).parse_args(argv)
+    store = ArtifactStore(args.store)
+    try:
+        latest_run(store, args.name)  # an unknown workload is refused before anything else
+        record = find_run(store, args.run)
+        entry = promote_run(store, args.name, ArtifactRef(kind=RUN_KIND, digest=record.digest), by="hand")
+    except StoreError as exc:
+        return bad_input(str(exc))
+    print(f"{args.name}/production -> run {entry['run'][:12]} (was {(entry['replaced'] or 'none')[:12]}); "
+          f"promotion log entry {entry['seq']}")
+    return 0
+
+
+def rollback(argv: list[str], prog: str) -> int:
+    from artifacts.promotions import rollback as rollback_run
+    from artifacts.runs import latest_run
+    from artifacts.store import ArtifactStore, StoreError
+
+    args = promotion_parser(prog, "Serve NAME's previous production run again (the one before the current one in "
+                                  "the promotion log); logged like a promotion", run=False).parse_args(argv)
+    store = ArtifactStore(args.store)
+    try:
+        latest_run(store, args.name)
+        entry = rollback_run(store, args.name, by="hand")
+    except StoreError as exc:
+        return bad_input(str(exc))
+    print(f"{args.name}/production -> run {entry['run'][:12]} (rolled back from {entry['replaced'][:12]}); "
+          f"promotion log entry {entry['seq']}")
+    return 0
+
+
 # verb -> (what runs it, one line for `distillery --help`)
 VERBS: dict[str, tuple[Verb, str]] = {
     "run": (run, "run a workload: --preset emotion|sst2|generic, --name NAME, --data PATH, any stage flag"),
     "status": (status, "per step, whether `run` with the same flags would be cached or recompute, and why"),
-    "predict": (predict, "classify texts with a workload's latest INT8 model"),
+    "predict": (predict, "classify texts with a workload's production INT8 model (else its latest)"),
+    "promote": (promote, "serve a run as a workload's production model, by hand (logged)"),
+    "rollback": (rollback, "serve a workload's previous production model again (logged)"),
     "report": (report, "print the path of a workload's latest report; --open opens it"),
     "explain": (explain, "status, one line per step: why each would (not) rerun"),
     "list": (store_command("list"), "list the store's artifacts, sizes and what references each"),

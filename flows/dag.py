@@ -20,7 +20,8 @@ from typing import Any, Callable
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef
 from flows.config import PipelineConfig
-from tasks.stages import augment, distil, evaluate, export, fetch, qat, quantize, soft_labels, teacher, tokenize
+from tasks.stages import (augment, check_data, compare_data, distil, evaluate, export, fetch, judge, qat, quantize,
+                          soft_labels, teacher, tokenize)
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,31 @@ class Step:
     takes_place_of: str = ""  # an alternative to that step, not part of the default DAG
 
 
-# Conditions a step runs under, by the words `Step.when` uses.
-RUNS_WHEN: dict[str, Callable[[PipelineConfig], bool]] = {
-    "the student's tokenizer differs": lambda config: not config.shared_tokenizer,
-    "--quantize-method ptq": lambda config: config.quantize.method != "qat",
-    "--quantize-method qat": lambda config: config.quantize.method == "qat",
+# Roles a run is given rather than makes: the workload's production run's artifacts
+# (artifacts/promotions.py), when it has one. The data comparison and the promotion gate read them.
+GIVEN_ROLES: tuple[str, ...] = ("production_dataset", "production_tokens", "production_int8")
+PRODUCTION_ROLES = {"production_dataset": "dataset", "production_tokens": "student_tokens", "production_int8": "student_int8"}
+
+
+def _production_differs(roles: dict, own: str, production: str) -> bool:
+    return production in roles and roles[production] != roles[own]
+
+
+# Conditions a step runs under, by the words `Step.when` uses: (config, roles so far) -> bool.
+RUNS_WHEN: dict[str, Callable[[PipelineConfig, dict], bool]] = {
+    "the student's tokenizer differs": lambda config, roles: not config.shared_tokenizer,
+    "--quantize-method ptq": lambda config, roles: config.quantize.method != "qat",
+    "--quantize-method qat": lambda config, roles: config.quantize.method == "qat",
+    "a production model was trained on other data": lambda config, roles: _production_differs(roles, "dataset", "production_dataset"),
+    "a production model other than this run's": lambda config, roles: _production_differs(roles, "student_int8", "production_int8"),
 }
 
 STEPS: tuple[Step, ...] = (
     Step("fetch_dataset", fetch.STAGE, "data", fills="dataset"),
+    Step("check_data", check_data.STAGE, "checks", fills="data_checks", reads={"dataset": "dataset"}),
+    Step("compare_data", compare_data.STAGE, "checks", fills="data_comparison",
+         reads={"dataset": "dataset", "production_dataset": "production_dataset", "production_tokens": "production_tokens",
+                "production_int8": "production_int8"}, when="a production model was trained on other data"),
     Step("tokenize_teacher", tokenize.STAGE, "teacher_tokens", fills="teacher_tokens", reads={"dataset": "dataset"}),
     Step("tokenize_student", tokenize.STAGE, "student_tokens", fills="student_tokens", reads={"dataset": "dataset"},
          when="the student's tokenizer differs", otherwise="teacher_tokens"),
@@ -62,12 +79,18 @@ STEPS: tuple[Step, ...] = (
     Step("evaluate", evaluate.STAGE, "evaluate", fills="evaluation",
          reads={"teacher_tokens": "teacher_tokens", "teacher": "teacher", "student_tokens": "student_tokens",
                 "student": "student", "student_int8": "student_int8"}),
+    Step("judge", judge.STAGE, "gate", fills="judgement",
+         reads={"dataset": "dataset", "student_tokens": "student_tokens", "student_int8": "student_int8",
+                "production_tokens": "production_tokens", "production_int8": "production_int8"},
+         when="a production model other than this run's"),
 )
 
 # The steps of a run with the defaults, in order (an alternative such as qat_student excluded).
 STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS if not step.takes_place_of)
-# Every role a run record holds, in DAG order (the run's report is added by the flow).
+# Every role a run record may hold, in DAG order (the run's report is added by the flow).
 ROLES: tuple[str, ...] = tuple(dict.fromkeys(step.fills for step in STEPS))
+# Steps that check the data: a finding they make that is not allowed stops the run (flows/pipeline.py).
+DATA_CHECK_STEPS: tuple[str, ...] = ("check_data", "compare_data")
 STAGES: tuple[Stage, ...] = tuple(dict.fromkeys(step.stage for step in STEPS))
 
 # call(step, stage, params, **inputs) -> ArtifactRef: a Prefect task (flows/pipeline.py
@@ -75,20 +98,32 @@ STAGES: tuple[Stage, ...] = tuple(dict.fromkeys(step.stage for step in STEPS))
 CallStage = Callable[..., Any]
 
 
-def runs(step: Step, config: PipelineConfig) -> bool:
-    return not step.when or RUNS_WHEN[step.when](config)
+def runs(step: Step, config: PipelineConfig, roles: dict | None = None) -> bool:
+    return not step.when or RUNS_WHEN[step.when](config, roles or {})
 
 
-def run_dag(config: PipelineConfig, call: CallStage) -> dict[str, ArtifactRef]:
-    """Every step that runs under `config`, in order, each fed the roles it reads; returns each role's artifact."""
-    roles: dict[str, Any] = {}
+# after(step name, its artifact): called after each step that ran; may stop the run by raising.
+AfterStep = Callable[[str, Any], None]
+
+
+def run_dag(config: PipelineConfig, call: CallStage, given: dict[str, Any] | None = None,
+            after: AfterStep | None = None) -> dict[str, ArtifactRef]:
+    """Every step that runs under `config`, in order, each fed the roles it reads; returns each role's artifact.
+
+    given: roles the run does not make (GIVEN_ROLES: the production run's artifacts), if any."""
+    unknown = set(given or {}) - set(GIVEN_ROLES)
+    if unknown:
+        raise ValueError(f"run_dag: {sorted(unknown)} are not roles a run is given ({GIVEN_ROLES})")
+    roles: dict[str, Any] = dict(given or {})
     for step in STEPS:
-        if runs(step, config):
+        if runs(step, config, roles):
             inputs = {name: roles[role] for name, role in step.reads.items()}
             roles[step.fills] = call(step.name, step.stage, getattr(config, step.section), **inputs)
+            if after is not None:
+                after(step.name, roles[step.fills])
         elif step.otherwise:
             roles[step.fills] = roles[step.otherwise]
-    return roles
+    return {role: ref for role, ref in roles.items() if role not in GIVEN_ROLES}
 
 
 def diagram() -> str:

@@ -35,11 +35,13 @@ from prefect.states import Completed, State
 
 from artifacts.cache import cached_or_run
 from artifacts.locks import lease_seconds_from_env
-from artifacts.runs import RunRecord, publish_run
+from artifacts.promotions import production_run
+from artifacts.runs import INT8_ROLE, RunRecord, publish_run
 from artifacts.stage import Progress, Stage
 from artifacts.store import DEFAULT_STORE, ArtifactRef, ArtifactStore, StoreError
 from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
+from flows.promotion import DataGate, decision_of, production_roles, promote_if_decided
 from flows.publish import artifact_key, publish_report, write_report
 from flows.dag import STEP_NAMES, run_dag  # noqa: F401  (STEP_NAMES: the DAG's steps, for callers of the flow)
 from tasks.stages import distil
@@ -213,29 +215,37 @@ def distillery(
         config, store = resolve(workload, data, smoke, overrides, store, name)
     else:
         config, store = PipelineConfig.model_validate(checked), store_root(store)
-    flow_run = tag_run(run_tags(config.name, workload, smoke))
+    tags = run_tags(config.name, workload, smoke)
+    flow_run = tag_run(tags)
     if checked is None:
         preflight(config)
     artifacts = ArtifactStore(store)
     stage = StageRunner(artifacts)
+    production = production_run(artifacts, config.name)  # the champion, and the data it was trained on
+    data_gate = DataGate(artifacts, config.name, tag=lambda outcome: tag_run(tags + outcome))
 
-    roles = run_dag(config, stage)
-    evaluation = roles["evaluation"]
+    roles = run_dag(config, stage, given=production_roles(production), after=data_gate)
 
-    run_report = write_report(config.name, stage.stages, evaluation, artifacts.root, smoke=smoke)
+    results = read_evaluation(artifacts.open(roles["evaluation"]))
+    decision = decision_of(config, artifacts, roles, production, results["models"][INT8_ROLE])
+    run_report = write_report(config.name, stage.stages, roles["evaluation"], artifacts.root, smoke=smoke,
+                              data_findings=data_gate.findings, decision=decision)
     artifacts.set_alias(f"{config.name}/report", run_report)
     location = publish_report(config.name, artifacts, run_report, smoke=smoke)
-    results = read_evaluation(artifacts.open(evaluation))
     if results["shortfall"]["flagged"]:
         get_run_logger().warning("the INT8 student falls short of its teacher on validation: "
                                  + "; ".join(results["shortfall"]["reasons"]))
     record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
                                               steps={step: s["artifact"] for step, s in stage.stages.items()},
-                                              labels=results["labels"]))
+                                              labels=results["labels"], data_findings=data_gate.findings,
+                                              decision=decision))
     artifacts.set_alias(f"{config.name}/latest", record)
+    outcome = promote_if_decided(artifacts, config.name, record, decision)
+    flow_run = tag_run(tags + [outcome])
     return {"workload": config.name, "preset": workload, "labels": results["labels"], "flow_run": flow_run,
             "stages": stage.stages, "metrics": results["models"], "shortfall": results["shortfall"],
-            "store": artifacts.root, "run": record.digest,
+            "store": artifacts.root, "run": record.digest, "promotion": {"outcome": outcome, **decision},
+            "data_findings": data_gate.findings,
             "report": {"artifact": run_report.digest, "location": location}}
 
 

@@ -5,9 +5,10 @@
     python flows/predict.py --name reviews "great value, arrived late"   # = --model reviews/latest
     echo "what a lovely surprise" | python flows/predict.py --model 3ee42f85f2fb
 
---model is an alias every successful run updates (`<workload>/latest`, a run
-record), or a full digest or unique digest prefix of a run record or of a run's INT8
-model. The run record names the model (role `student_int8`) and the tokens it was
+By default the workload's production model (`<name>/production`, moved only when a run
+is promoted: artifacts/promotions.py), else its latest run with a note on stderr.
+--model is an alias (`<workload>/latest`, `<workload>/production`, both run records),
+or a full digest or unique digest prefix of a run record or of a run's INT8 model. The run record names the model (role `student_int8`) and the tokens it was
 trained on (role `student_tokens`), whose tokenizer and settings encode the text
 (tasks/data/encoding.py, as the pipeline did). Prints one JSON line per text:
 {"text", "label", "scores"}.
@@ -128,26 +129,38 @@ def predict(store: ArtifactStore, model: str, texts: list[str]) -> list[dict]:
 DEFAULT_WORKLOAD = "emotion"
 
 
+def served_alias(store: ArtifactStore, name: str) -> str:
+    """`<name>/production`, or `<name>/latest` (with a note on stderr) where nothing was ever promoted."""
+    from artifacts.promotions import production_alias
+
+    if production_alias(name) in store.aliases():
+        return production_alias(name)
+    print(f"note: workload {name!r} has no production model (no run was promoted yet); serving {name}/latest",
+          file=sys.stderr)
+    return f"{name}/latest"
+
+
 def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
          prog: str = "python flows/predict.py") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     parser.add_argument("--model", help="alias, digest or digest prefix of a run record or of a run's INT8 model "
-                        f"(default: <name>/latest, i.e. {DEFAULT_WORKLOAD}/latest)")
-    parser.add_argument("--name", help=f"the workload whose latest run to use, as --model NAME/latest (default: {DEFAULT_WORKLOAD})")
+                        "(default: <name>/production, else <name>/latest)")
+    parser.add_argument("--name", help=f"the workload whose production model to use, else its latest run (default: {DEFAULT_WORKLOAD})")
     parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
     add_store_argument(parser)
     args = parser.parse_args(argv)
     try:
         if args.model and args.name:
-            raise DistilleryError(f"give --model or --name, not both (--name {args.name} is --model {args.name}/latest)")
-        model = args.model or f"{args.name or DEFAULT_WORKLOAD}/latest"
+            raise DistilleryError(f"give --model or --name, not both (--name {args.name} is --model "
+                                  f"{args.name}/production, else {args.name}/latest)")
         items = read_texts(args.texts, args.file, stdin)
         store = ArtifactStore(args.store)
         if store.is_local and not Path(store.path, "objects").is_dir():
             raise DistilleryError(f"no artifact store at {store.root}: run a workload first "
                                   f"(`distillery run --preset emotion`) or pass --store / DISTILLERY_STORE")
+        model = args.model or served_alias(store, args.name or DEFAULT_WORKLOAD)
         results = predict(store, model, [text for _, text in items])
     except (DistilleryError, StoreError) as exc:
         return bad_input(str(exc))

@@ -31,9 +31,11 @@ def artifact_key(*words: str) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
-def write_report(workload: str, stages: dict, evaluation: ArtifactRef, store: str, smoke: bool = False) -> ArtifactRef:
-    """Never cached: the report describes this run, including which stages were cached."""
-    params = report.ReportParams(workload=workload, stages=stages, smoke=smoke)
+def write_report(workload: str, stages: dict, evaluation: ArtifactRef, store: str, smoke: bool = False,
+                 data_findings: list[dict] | None = None, decision: dict | None = None) -> ArtifactRef:
+    """Never cached: the report describes this run, including which stages were cached and its promotion."""
+    params = report.ReportParams(workload=workload, stages=stages, smoke=smoke, data_findings=data_findings or [],
+                                 decision=decision or {})
     return run_stage(report.STAGE, params, {"evaluation": evaluation}, ArtifactStore(store), Progress(get_run_logger().info))
 
 

@@ -46,6 +46,10 @@ SOFT_LABELS = Format("soft-labels", ("soft_labels.parquet", "soft_labels.json"),
 ONNX = Format("onnx", ("model.onnx", "config.json"), "an ONNX graph: inputs input_ids, attention_mask; output logits")
 EVALUATION = Format("report", ("metrics.json",), "quality, latency and size of each model")
 RUN_REPORT = Format("run-report", ("report.md", "models.json"), "one run's report and plots")
+DATA_CHECKS = Format("data-checks", ("checks.json",), "statistics of every split and the anomalies found in them")
+DATA_COMPARISON = Format("data-comparison", ("comparison.json",),
+                         "new training data against the production model's: shift, classes, rows, agreement")
+JUDGEMENT = Format("judgement", ("judgement.json",), "the new INT8 student and the production one on the same test rows")
 RUN_RECORD = Format("run", ("run.json",), "which artifact plays which role in one run")
 
 
@@ -208,3 +212,15 @@ def onnx_file(artifact: Path) -> Path:
 
 def read_evaluation(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
+
+
+def read_findings(folder: Path) -> list[dict]:
+    """The findings of a data-checks or data-comparison artifact."""
+    for name in ("checks.json", "comparison.json"):
+        if (folder / name).exists():
+            return json.loads((folder / name).read_text())["findings"]
+    raise FileNotFoundError(f"{folder} holds neither checks.json nor comparison.json")
+
+
+def read_judgement(folder: Path) -> dict:
+    return json.loads((folder / "judgement.json").read_text())

@@ -4,11 +4,11 @@ diagram all come from its table."""
 from __future__ import annotations
 
 from conftest import REPO
-from flows.dag import ROLES, STEP_NAMES, STEPS, diagram, run_dag
+from flows.dag import GIVEN_ROLES, ROLES, STEP_NAMES, STEPS, diagram, run_dag
 from flows.presets import build_config, emotion
 
 
-def walk(config):
+def walk(config, given=None):
     """Which steps run, in order, and what each is handed (role artifacts stood in by role names)."""
     calls = []
 
@@ -16,7 +16,11 @@ def walk(config):
         calls.append((step, stage.name, type(params).__name__, inputs))
         return next(s.fills for s in STEPS if s.name == step)
 
-    return calls, run_dag(config, call)
+    return calls, run_dag(config, call, given=given)
+
+
+# Steps that compare with the workload's production run: only a run that has one takes them.
+WITH_PRODUCTION = {"compare_data", "judge"}
 
 
 # The DAG is walked, never run: a local source (never read here) keeps the offline Hub refusal out of the way.
@@ -25,8 +29,8 @@ LOCAL_COPY = "./a-local-copy"
 
 def test_default_run_takes_the_default_steps_in_order_and_fills_every_role():
     calls, roles = walk(build_config(emotion(), LOCAL_COPY, smoke=True))
-    assert [c[0] for c in calls] == list(STEP_NAMES)
-    assert tuple(roles) == tuple(r for r in ROLES)  # every role, in DAG order
+    assert [c[0] for c in calls] == [n for n in STEP_NAMES if n not in WITH_PRODUCTION]
+    assert tuple(roles) == tuple(r for r in ROLES if r not in ("data_comparison", "judgement"))  # in DAG order
     step = {c[0]: c for c in calls}
     assert step["tokenize_student"][1] == "tokenize" and step["tokenize_student"][2] == "TokenizeParams"
     assert step["distil_student"][3] == {"tokens": "student_tokens", "soft_labels": "soft_labels", "augmented": "augmented",
@@ -40,11 +44,27 @@ def test_conditions_skip_or_swap_steps():
     qat = build_config(emotion(), LOCAL_COPY, smoke=True, overrides={"quantize": {"method": "qat"}})
     names = [c[0] for c in walk(qat)[0]]
     assert "qat_student" in names and "quantize" not in names
-    assert names.index("qat_student") == STEP_NAMES.index("quantize")
+    default = [n for n in STEP_NAMES if n not in WITH_PRODUCTION]
+    assert names.index("qat_student") == default.index("quantize")
+
+
+def test_a_production_run_on_other_data_and_another_model_adds_the_comparison_and_the_judge():
+    config = build_config(emotion(), LOCAL_COPY, smoke=True)
+    other = {role: f"production's {role}" for role in GIVEN_ROLES}
+    calls, roles = walk(config, given=other)
+    assert [c[0] for c in calls] == list(STEP_NAMES)
+    assert tuple(roles) == ROLES and not set(GIVEN_ROLES) & set(roles)  # given roles are read, not recorded
+    step = {c[0]: c for c in calls}
+    assert step["judge"][3] == {"dataset": "dataset", "student_tokens": "student_tokens", "student_int8": "student_int8",
+                                "production_tokens": "production's production_tokens",
+                                "production_int8": "production's production_int8"}
+    # The production run is this data and this model (stand-ins equal the run's own): nothing to compare or judge.
+    same = {"production_dataset": "dataset", "production_tokens": "student_tokens", "production_int8": "student_int8"}
+    assert not WITH_PRODUCTION & {c[0] for c in walk(config, given=same)[0]}
 
 
 def test_every_step_reads_roles_filled_before_it_and_feeds_every_stage_input():
-    filled = set()
+    filled = set(GIVEN_ROLES)
     for step in STEPS:
         assert set(step.reads) == set(step.stage.inputs), step.name
         assert set(step.reads.values()) <= filled, step.name

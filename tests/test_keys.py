@@ -105,11 +105,13 @@ def test_helper_edits_reach_exactly_the_stages_that_run_them():
         f"  {module}: {', '.join(sorted(names))}" for module, names in sorted(matrix.items())))
     assert matrix["tasks.data.sources"] == matrix["tasks.data.files"] == matrix["tasks.data.labels"] == {"fetch_dataset"}  # reading the data: only the stage that reads it
     assert matrix["tasks.data.phrases"] == {"fetch_dataset", "augment_data"}  # sentence holdout; sentence-only variants
-    assert matrix["tasks.measure.predictors"] == {"evaluate"}
+    assert matrix["tasks.measure.predictors"] == {"evaluate", "compare_data", "judge"}
+    assert matrix["tasks.measure.new_texts"] == {"compare_data", "judge"}  # the production model on new texts
     assert matrix["tasks.onnx.graph"] == {"export_onnx", "qat_student"}
-    assert matrix["tasks.onnx.session"] == {"export_onnx", "quantize", "evaluate", "qat_student"}
+    assert matrix["tasks.onnx.session"] == {"export_onnx", "quantize", "evaluate", "qat_student", "compare_data", "judge"}
     assert matrix["tasks.training.loop"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
-    assert matrix["tasks.data.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student"}
+    assert matrix["tasks.data.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student", "compare_data", "judge"}
+    assert matrix["tasks.data.checks"] == {"check_data", "compare_data"}
     assert matrix["tasks.training.device"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
     assert "quantize" not in matrix["tasks.models.loading"]  # it never loads a PyTorch model
     assert len(matrix["tasks.formats"]) == len(every_stage())  # every stage reads or writes artifacts

@@ -125,3 +125,30 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
     assert code == 2 and results == []
     assert err.startswith("error: ") and problem in err and fix in err, err
     assert tree_state(cold[0]) == before
+
+
+
+def test_serves_production_by_default_and_latest_with_a_note_where_nothing_was_promoted(cold, tmp_path):
+    from artifacts.promotions import production_alias
+    from artifacts.runs import publish_run
+    from conftest import store_copy
+
+    store = store_copy(cold, tmp_path)
+    artifacts = ArtifactStore(store)
+    production = artifacts.resolve_alias(production_alias("emotion"))
+    assert production == artifacts.resolve_alias("emotion/latest")  # the cold run, the name's first, was promoted
+    code, served, err = run_predict(["--store", str(store), *TEXTS])
+    assert code == 0 and "note" not in err
+    # A newer run that was not promoted moves latest only; predict keeps serving production. (This
+    # record's "INT8 model" is the PyTorch student, which predict could not even load.)
+    record = find_run(artifacts, "emotion/latest")
+    unpromoted = record.model_copy(update={"created": "2999-01-01T00:00:00Z",
+                                           "roles": {**record.roles, "student_int8": record.roles["student"]}})
+    artifacts.set_alias("emotion/latest", publish_run(artifacts, unpromoted))
+    assert run_predict(["--store", str(store), *TEXTS])[:2] == (0, served)
+    # Where no run was ever promoted: the latest run, with a note saying so.
+    artifacts.set_alias("emotion/latest", production)
+    (store / "aliases" / "emotion" / "production.json").unlink()
+    code, results, err = run_predict(["--store", str(store), *TEXTS])
+    assert code == 0 and results == served
+    assert "note: workload 'emotion' has no production model (no run was promoted yet); serving emotion/latest" in err

@@ -48,9 +48,12 @@ def test_cold_run_report_holds_every_model_class_and_stage(cold):
     for label, counts in zip(evaluation["labels"], models["student_int8"]["confusion_matrix"]):
         assert f"| {label} | " + " | ".join(map(str, counts)) + " |" in report
         assert any(line.startswith(f"| {label} | ") and line.count("|") == len(models) + 2 for line in report.splitlines())
-    for stage in STEP_NAMES:
+    assert list(run.summary["stages"]) == [n for n in STEP_NAMES if n not in ("compare_data", "judge")]  # no production yet
+    for stage in run.summary["stages"]:
         assert f"| {stage} | computed |" in report
-    assert "10 of 10 stages computed" in report
+    assert "11 of 11 stages computed" in report
+    # the first run of a name passes its (smoke: zero) floors and is promoted; the report says so and on what
+    assert "## Promoted to production" in report and "no model was in production, so the floors alone decide" in report
     # the INT8 student against its teacher on validation, in the report, the summary and the printed table
     gap = evaluation["shortfall"]
     assert gap["split"] == "validation" and run.summary["shortfall"]["flagged"] == gap["flagged"]
@@ -99,7 +102,8 @@ def test_cached_run_still_publishes_its_report(in_process_runs):
     assert {s["state"] for s in summary["stages"].values()} == {"cached"}
     report = artifacts[("markdown", "emotion-report")]
     markdown = report.data
-    assert "0 of 10 stages computed" in markdown
+    assert "0 of 11 stages computed" in markdown
+    assert "## NOT promoted: production is unchanged" in markdown and "already in production" in markdown
     assert summary["report"]["location"] in markdown
     # A smoke run says so where the UI shows it: the report's title and both descriptions.
     assert markdown.startswith(f"# {report_title('emotion', smoke=True)}\n")

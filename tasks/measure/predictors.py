@@ -37,3 +37,4 @@ def onnx_predictor(artifact: Path, threads: int | None = None) -> tuple[Predict,
     path = onnx_file(artifact)
     session = onnx_session(path, threads)
     return (lambda ids, mask: onnx_logits(session, ids, mask)), path.stat().st_size
+

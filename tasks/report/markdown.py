@@ -36,12 +36,45 @@ def shortfall_section(evaluation: dict) -> list[str]:
     return lines
 
 
+def decision_section(decision: dict) -> list[str]:
+    """Whether the run's INT8 student was promoted to production, on what figures, and why not."""
+    if not decision:
+        return []
+    promoted = decision["promote"]
+    lines = ["", "## Promoted to production" if promoted else "## NOT promoted: production is unchanged", ""]
+    challenger = decision["challenger"]
+    figures = f"New INT8 student on test: accuracy {challenger['accuracy']:.2%}, macro-F1 {challenger['macro_f1']:.4f}"
+    if decision.get("champion"):
+        paired = decision["paired"]
+        figures += (f"; production model (run `{decision['production_run'][:12]}`) on the same {paired['rows']} rows: "
+                    f"accuracy {decision['champion']['accuracy']:.2%}, macro-F1 {decision['champion']['macro_f1']:.4f}. "
+                    f"{paired['challenger_only_right']} rows only the new model gets right, {paired['champion_only_right']} "
+                    f"only production does; {paired['test']}, margin {paired['margin']:g}: p = {paired['p_value']:.3g} "
+                    f"(promote below {decision['limits']['alpha']:g})")
+    elif decision.get("production_run") is None:
+        figures += "; no model was in production, so the floors alone decide"
+    limits = decision["limits"]
+    lines.append(figures + f". Floors: accuracy {limits['min_accuracy']:g}, macro-F1 {limits['min_macro_f1']:g}.")
+    if decision["reasons"]:
+        lines += [""] + [f"- {markdown_text(reason)}" for reason in decision["reasons"]]
+    return lines
+
+
+def data_section(findings: list[dict]) -> list[str]:
+    """The data checks' findings that were accepted on purpose (--data-allow); any other stops the run."""
+    if not findings:
+        return []
+    return ["", "## Data findings accepted on purpose (--data-allow)", ""] + [
+        f"- {f['anomaly']}: {markdown_text(f['message'])}" for f in findings]
+
+
 def markdown_text(text: str) -> str:
     """Text safe inside a markdown table or line: no pipes, no line breaks."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def markdown_report(workload: str, smoke: bool, stages: Mapping[str, StageRun], evaluation: dict) -> str:
+def markdown_report(workload: str, smoke: bool, stages: Mapping[str, StageRun], evaluation: dict,
+                    data_findings: list[dict] | None = None, decision: dict | None = None) -> str:
     names = evaluation["labels"]
     models = evaluation["models"]
     computed = [n for n, s in stages.items() if s.state == "computed"]
@@ -59,6 +92,8 @@ def markdown_report(workload: str, smoke: bool, stages: Mapping[str, StageRun], 
     for row in readable_model_rows(model_rows(evaluation)):
         lines.append("| " + " | ".join(row.values()) + " |")
     lines += ["", "![accuracy vs latency and size](accuracy_latency.png)"]
+    lines += decision_section(decision or {})
+    lines += data_section(data_findings or [])
     lines += shortfall_section(evaluation)
     lines += ["", "## Per-class F1", "", "| class | " + " | ".join(models) + " |",
               "|---|" + "---:|" * len(models)]

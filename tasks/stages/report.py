@@ -37,6 +37,8 @@ class ReportParams(BaseModel):
     workload: str
     smoke: bool = Field(False, description="a smoke run: tiny models on a data slice, so its accuracy means nothing")
     stages: dict[str, StageRun] = Field(description="this run's steps in DAG order")
+    data_findings: list[dict] = Field(default_factory=list, description="the data checks' findings (allowed ones: the rest stop a run)")
+    decision: dict = Field(default_factory=dict, description="the promotion gate's decision (tasks/stages/judge.py decide)")
 
 
 def build_report(params: ReportParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
@@ -46,7 +48,8 @@ def build_report(params: ReportParams, inputs: Mapping[str, Path], out: Path, pr
     if FINAL_MODEL in evaluation["models"]:
         plot_confusion(evaluation, out / "confusion_matrix.png")
     plot_stage_times(params.stages, out / "stage_times.png")
-    (out / "report.md").write_text(markdown_report(params.workload, params.smoke, params.stages, evaluation))
+    (out / "report.md").write_text(markdown_report(params.workload, params.smoke, params.stages, evaluation,
+                                                          params.data_findings, params.decision))
     (out / "models.json").write_text(json.dumps(model_rows(evaluation), indent=2))
     progress.info(f"report: {len(evaluation['models'])} models, {len(params.stages)} stages")
     return {"files": sorted(p.name for p in out.iterdir())}

@@ -1,0 +1,109 @@
+"""Stage `judge`: the new INT8 student (challenger) and the production one (champion) on the same rows.
+
+Both classify this run's test split: the challenger from its own tokens, exactly as
+`evaluate` scored it; the champion from the test texts encoded as its own tokens were.
+Predictions are compared by label name, so a champion trained on other classes is simply
+wrong where it cannot answer. The paired non-inferiority test (tasks/measure/paired.py)
+says whether the challenger is worse by more than the tolerance. Runs when the workload
+has a production model other than this run's; `decide` turns its figures (or, with no
+champion, the evaluation's) into the promotion decision.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from artifacts.stage import Progress, Stage
+from tasks.formats import JUDGEMENT, open_tokens, read_labels, read_texts
+from tasks.measure.metrics import classification_report, predictions
+from tasks.measure.paired import noninferiority
+from tasks.measure.new_texts import predicted_labels
+from tasks.measure.predictors import onnx_predictor
+
+
+class GateParams(BaseModel):
+    """When a new INT8 student may replace the production one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="the new INT8 student's test accuracy must reach this (0 to 1)")
+    min_macro_f1: float = Field(0.0, ge=0, le=1, description="the new INT8 student's test macro-F1 must reach this (0 to 1)")
+    tolerance: float = Field(0.01, ge=0, le=1, description="how much lower than the production model's the new test accuracy may be (0.01: one point), judged by a paired test")
+    alpha: float = Field(0.05, gt=0, lt=1, description="the paired test's significance level: promote when its p-value is below")
+
+
+def _figures(predicted: list[str], truth: list[str], names: list[str]) -> dict:
+    """Accuracy and macro-F1 over the run's classes; a label outside them is a wrong answer."""
+    index = {name: i for i, name in enumerate(names)}
+    other = len(names)
+    report = classification_report([index.get(p, other) for p in predicted], [index[t] for t in truth], other + 1)
+    return {"accuracy": round(report["accuracy"], 6), "macro_f1": round(float(np.mean(report["per_class_f1"][:other])), 6)}
+
+
+def build_judgement(params: GateParams, inputs: Mapping[str, Path], out: Path, progress: Progress) -> dict:
+    names = read_labels(inputs["dataset"])
+    texts = read_texts(inputs["dataset"], "test")
+    tokens = open_tokens(inputs["student_tokens"])
+    sequences, labels = tokens.split("test")
+    if len(sequences) != len(texts):
+        raise RuntimeError(f"judge: {len(sequences)} test rows in the student's tokens, {len(texts)} in the dataset; "
+                           f"they must come from the same dataset artifact")
+    truth = [names[i] for i in labels]
+    challenger = [names[i] for i in predictions(onnx_predictor(inputs["student_int8"])[0], sequences, tokens.spec.pad_id)]
+    champion = predicted_labels(inputs["production_int8"], inputs["production_tokens"], texts)
+    paired = noninferiority(np.array(challenger) == np.array(truth), np.array(champion) == np.array(truth), params.tolerance)
+    judgement = {"rows": len(truth), "challenger": _figures(challenger, truth, names),
+                 "champion": _figures(champion, truth, names), "paired": paired}
+    (out / "judgement.json").write_text(json.dumps(judgement, indent=2))
+    progress.info(f"judge: challenger {judgement['challenger']['accuracy']:.4f}, production {judgement['champion']['accuracy']:.4f} "
+                  f"on {len(truth)} test rows; p = {paired['p_value']:.3g} (tolerance {params.tolerance:g})")
+    return {"challenger_accuracy": judgement["challenger"]["accuracy"], "champion_accuracy": judgement["champion"]["accuracy"],
+            "p_value": paired["p_value"]}
+
+
+def decide(params: GateParams, challenger: dict, judgement: dict | None, production_run: str | None,
+           already_production: bool = False) -> dict:
+    """The promotion decision: floors on the challenger's test figures, then the paired test against the champion.
+
+    challenger: the evaluation's INT8 test figures (accuracy, macro_f1); judgement: what
+    `judge` wrote (None when there is no champion, or it is this run's own model).
+    """
+    reasons = []
+    if already_production:
+        reasons.append(f"this run's INT8 model is already in production (run {production_run[:12]}): nothing to promote")
+    if challenger["accuracy"] < params.min_accuracy:
+        reasons.append(f"test accuracy {challenger['accuracy']:.4f} is below the floor {params.min_accuracy:g}")
+    if challenger["macro_f1"] < params.min_macro_f1:
+        reasons.append(f"test macro-F1 {challenger['macro_f1']:.4f} is below the floor {params.min_macro_f1:g}")
+    if judgement is not None:
+        paired = judgement["paired"]
+        if not paired["p_value"] < params.alpha:
+            reasons.append(
+                f"not shown to be within {params.tolerance:g} of the production model (run {production_run[:12]}): "
+                f"accuracy {judgement['challenger']['accuracy']:.4f} against {judgement['champion']['accuracy']:.4f} on "
+                f"{paired['rows']} test rows, {paired['challenger_only_right']} rows only it gets right and "
+                f"{paired['champion_only_right']} only production does, p = {paired['p_value']:.3g} (needs < {params.alpha:g})")
+    return {
+        "promote": not reasons,
+        "reasons": reasons,
+        "challenger": {k: challenger[k] for k in ("accuracy", "macro_f1")},
+        "champion": judgement["champion"] if judgement else None,
+        "paired": judgement["paired"] if judgement else None,
+        "production_run": production_run,
+        "limits": params.model_dump(),
+    }
+
+
+STAGE = Stage(
+    name="judge",
+    writes=JUDGEMENT,
+    params=GateParams,
+    inputs=("dataset", "student_tokens", "student_int8", "production_tokens", "production_int8"),
+    build=build_judgement,
+    libraries=("onnxruntime", "transformers", "pyarrow"),
+)
