@@ -140,11 +140,14 @@ def promote(store: ArtifactStore, name: str, run: ArtifactRef, by: str = "automa
 
 
 def _current_unless(store: ArtifactStore, name: str, run: ArtifactRef) -> str | None:
-    """The current production run, unless it is `run` already."""
+    """The current production run, unless it is `run` already or serves the same INT8 model (identical
+    runs finishing together each ask to be promoted; the first one is)."""
     stack = production_stack(entries(store, name))
     current = stack[-1] if stack else None
     if current == run.digest:
         raise StoreError(f"run {run.digest[:12]} is already {name}'s production run")
+    if current is not None and read_run(store, current).roles.get(INT8_ROLE) == read_run(store, run).roles.get(INT8_ROLE):
+        raise StoreError(f"{name}'s production run {current[:12]} already serves the INT8 model of run {run.digest[:12]}")
     return current
 
 

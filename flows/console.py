@@ -5,7 +5,8 @@
     distillery status --name reviews --data ./my-data --student-seed 7   # what that run would recompute
     distillery predict --name reviews "arrived late, works fine"
     distillery report --name reviews [--open]
-    distillery promote reviews 3ee42f85f2fb | distillery rollback reviews       # what predict serves
+    distillery promote reviews 3ee42f85f2fb | distillery rollback reviews       # what predict and serve use
+    distillery serve --name reviews [--port 8300]                               # HTTP, loopback
     distillery explain --name reviews --data ./my-data --student-seed 7  # status, one line per step
     distillery list | verify | gc                                          # the store (python -m artifacts)
 
@@ -92,6 +93,12 @@ def predict(argv: list[str], prog: str) -> int:
     from flows.predict import main
 
     return main(argv, stdin=sys.stdin, stdout=sys.stdout, prog=prog)  # the streams of now, not of import time
+
+
+def serve(argv: list[str], prog: str) -> int:
+    from flows.serve import main
+
+    return main(argv, prog=prog)
 
 
 def store_command(command: str) -> Verb:
@@ -181,6 +188,7 @@ VERBS: dict[str, tuple[Verb, str]] = {
     "run": (run, "run a workload: --preset emotion|sst2|generic, --name NAME, --data PATH, any stage flag"),
     "status": (status, "per step, whether `run` with the same flags would be cached or recompute, and why"),
     "predict": (predict, "classify texts with a workload's production INT8 model (else its latest)"),
+    "serve": (serve, "answer HTTP requests with a workload's production INT8 model, switching on promotion"),
     "promote": (promote, "serve a run as a workload's production model, by hand (logged)"),
     "rollback": (rollback, "serve a workload's previous production model again (logged)"),
     "report": (report, "print the path of a workload's latest report; --open opens it"),

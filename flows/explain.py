@@ -20,7 +20,9 @@ from artifacts.cache import look_up
 from artifacts.runs import latest_run
 from artifacts.stage import Stage
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
+from artifacts.promotions import production_run
 from flows.dag import run_dag
+from flows.promotion import production_roles
 from flows.pipeline import resolve
 
 
@@ -146,7 +148,7 @@ def step_statuses(store: ArtifactStore, workload: str, data: str | None, smoke: 
             found.append(StepStatus(step, False, "; ".join(_reasons(store, stage, params, inputs, manifest) or [problem])))
         return WouldRun(step)
 
-    run_dag(config, dry_run)
+    run_dag(config, dry_run, given=production_roles(production_run(store, config.name)))
     return found
 
 

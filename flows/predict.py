@@ -129,15 +129,20 @@ def predict(store: ArtifactStore, model: str, texts: list[str]) -> list[dict]:
 DEFAULT_WORKLOAD = "emotion"
 
 
-def served_alias(store: ArtifactStore, name: str) -> str:
-    """`<name>/production`, or `<name>/latest` (with a note on stderr) where nothing was ever promoted."""
+def serving_alias(store: ArtifactStore, name: str) -> str:
+    """`<name>/production`, or `<name>/latest` where nothing was ever promoted."""
     from artifacts.promotions import production_alias
 
-    if production_alias(name) in store.aliases():
-        return production_alias(name)
-    print(f"note: workload {name!r} has no production model (no run was promoted yet); serving {name}/latest",
-          file=sys.stderr)
-    return f"{name}/latest"
+    return production_alias(name) if production_alias(name) in store.aliases() else f"{name}/latest"
+
+
+def served_alias(store: ArtifactStore, name: str) -> str:
+    """`serving_alias`, with a note on stderr when it is the latest run, not a promoted one."""
+    alias = serving_alias(store, name)
+    if alias.endswith("/latest"):
+        print(f"note: workload {name!r} has no production model (no run was promoted yet); serving {alias}",
+              file=sys.stderr)
+    return alias
 
 
 def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,

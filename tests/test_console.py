@@ -93,10 +93,11 @@ def status(capsys, smoke_store, *flags: str) -> tuple[dict[str, str], str]:
 
 def test_status_of_the_same_flags_is_all_cached(capsys, smoke_store):
     steps, out = status(capsys, smoke_store)
-    assert list(steps) == list(STEP_NAMES)
+    # The run is production itself: nothing to compare its data with, nor to judge its model against.
+    assert list(steps) == [s for s in STEP_NAMES if s not in ("compare_data", "judge")]
     assert all(state.startswith("cached") for state in steps.values()), out
     assert out.splitlines()[0].startswith("workload emotion (preset emotion)")
-    assert out.splitlines()[-1] == "10 of 10 steps cached; nothing to recompute"
+    assert out.splitlines()[-1] == "11 of 11 steps cached; nothing to recompute"
 
 
 def test_status_after_a_parameter_change_says_which_steps_rerun_and_why(capsys, smoke_store):
@@ -104,11 +105,13 @@ def test_status_after_a_parameter_change_says_which_steps_rerun_and_why(capsys, 
     assert steps["quantize"].startswith("would run") and "parameter approach: dynamic -> static" in steps["quantize"]
     assert "parameter quant_format: None -> QDQ" in steps["quantize"]
     assert steps["evaluate"] == "would run  upstream quantize reruns"
-    assert all(steps[s].startswith("cached") for s in STEP_NAMES if s not in ("quantize", "evaluate"))
-    assert out.splitlines()[-1] == "8 of 10 steps cached; 2 would run: quantize, evaluate"
+    # A new INT8 model would be judged against the production one (the cold run's).
+    assert steps["judge"].startswith("would run") and "compare_data" not in steps
+    assert all(steps[s].startswith("cached") for s in steps if s not in ("quantize", "evaluate", "judge"))
+    assert out.splitlines()[-1] == "9 of 12 steps cached; 3 would run: quantize, evaluate, judge"
     steps, out = status(capsys, smoke_store, "--student-seed", "7")
     assert "parameter seed: 42 -> 7" in steps["distil_student"]
-    assert out.splitlines()[-1].endswith("4 would run: distil_student, export_onnx, quantize, evaluate")
+    assert out.splitlines()[-1].endswith("5 would run: distil_student, export_onnx, quantize, evaluate, judge")
 
 
 def test_status_under_another_name_shares_the_cache_not_the_comparison(capsys, smoke_store):
@@ -151,9 +154,9 @@ def test_predict_by_name_or_alias_is_the_same_model(capsys, smoke_store):
 def test_store_verbs_are_the_cache_commands_and_explain_takes_the_run_flags(capsys, smoke_store):
     store, args, run = smoke_store
     code, out, _ = distillery(capsys, "list", "--store", store)
-    assert code == 0 and "12 artifacts" in out and "alias emotion/latest" in out
+    assert code == 0 and "13 artifacts" in out and "alias emotion/latest" in out
     code, out, _ = distillery(capsys, "verify", "--store", store)
-    assert code == 0 and out.strip().endswith("12 artifacts checked, 0 broken")
+    assert code == 0 and out.strip().endswith("13 artifacts checked, 0 broken")
     code, out, _ = distillery(capsys, "gc", "--store", store)  # a dry run: lists, deletes nothing
     assert code == 0 and "would delete 0 artifacts" in out
     code, out, _ = distillery(capsys, "explain", "--preset", "emotion", "--store", store, "--smoke", "--data", args[2],

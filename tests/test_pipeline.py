@@ -18,13 +18,16 @@ from conftest import REPO, copy_project, run_cli, store_copy
 from flows.pipeline import STEP_NAMES
 from tasks.stages import augment, soft_labels
 
-TEACHER_AND_DOWN = {"fine_tune_teacher", "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate"}
+# A new INT8 model after the cold run (which is production) is judged against it.
+TEACHER_AND_DOWN = {"fine_tune_teacher", "soft_labels", "distil_student", "export_onnx", "quantize", "evaluate", "judge"}
+STUDENT_AND_DOWN = {"distil_student", "export_onnx", "quantize", "evaluate", "judge"}
+FIRST_RUN_STEPS = [s for s in STEP_NAMES if s not in ("compare_data", "judge")]  # no production run to compare with
 
 
 def test_cold_run_computes_every_stage_and_reports(cold):
     store, _, run = cold
-    assert list(run.summary["stages"]) == list(STEP_NAMES)
-    assert run.computed() == set(STEP_NAMES)
+    assert list(run.summary["stages"]) == FIRST_RUN_STEPS
+    assert run.computed() == set(FIRST_RUN_STEPS)
     for stage in run.summary["stages"].values():
         assert ArtifactStore(store).verify(stage["artifact"]).ok and stage["seconds"] > 0
     for model in ("teacher", "student", "student_int8"):
@@ -38,7 +41,7 @@ def test_cold_run_computes_every_stage_and_reports(cold):
     steps = {name: s["artifact"] for name, s in run.summary["stages"].items()}
     assert record.steps == steps
     assert {role: ref.digest for role, ref in record.roles.items()} == {
-        "dataset": steps["fetch_dataset"], "teacher_tokens": steps["tokenize_teacher"], "student_tokens": steps["tokenize_student"],
+        "dataset": steps["fetch_dataset"], "data_checks": steps["check_data"], "teacher_tokens": steps["tokenize_teacher"], "student_tokens": steps["tokenize_student"],
         "teacher": steps["fine_tune_teacher"], "augmented": steps["augment_data"], "soft_labels": steps["soft_labels"],
         "student": steps["distil_student"], "student_onnx": steps["export_onnx"], "student_int8": steps["quantize"],
         "evaluation": steps["evaluate"], "report": run.summary["report"]["artifact"]}
@@ -55,11 +58,11 @@ def test_identical_rerun_is_entirely_cached(cold, tmp_path):
     assert {k: v["artifact"] for k, v in run.summary["stages"].items()} == {k: v["artifact"] for k, v in cold[2].summary["stages"].items()}
 
 
-def test_quantization_change_recomputes_only_quantize_and_evaluate(cold, tmp_path):
+def test_quantization_change_recomputes_only_quantize_evaluate_and_the_judge(cold, tmp_path):
     store = store_copy(cold, tmp_path)
     run = run_cli([*cold[1], "--store", str(store), "--quantize-approach", "static", "--quantize-quant-format", "QDQ"], tmp_path)
     assert run.code == 0, run.output[-3000:]
-    assert run.computed() == {"quantize", "evaluate"}
+    assert run.computed() == {"quantize", "evaluate", "judge"}
     # The laptop's temporary server (flows/laptop_server.py) served the run and outlived
     # Prefect's log flush: stopped before it, the log workers retry for a minute.
     assert "Temporary Prefect server on http://127.0.0.1:" in run.output
@@ -71,7 +74,7 @@ def test_student_only_change_reuses_the_teachers_soft_labels(cold, tmp_path):
     store = store_copy(cold, tmp_path)
     run = run_cli([*cold[1], "--store", str(store), "--student-seed", "7"], tmp_path)
     assert run.code == 0, run.output[-3000:]
-    assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
+    assert run.computed() == STUDENT_AND_DOWN
     assert run.states()["soft_labels"] == "cached"  # no teacher inference for a student experiment
 
 
@@ -124,7 +127,7 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
 def test_helper_edit_recomputes_its_stage_and_what_depends_on_it(cold, tmp_path):
     run = run_with_edit(cold, tmp_path, "stages/distil.py", "        soft = ((student_logits - teacher_logits) ** 2).mean(-1)",
                         "        soft = 0.5 * ((student_logits - teacher_logits) ** 2).mean(-1)")
-    assert run.computed() == {"distil_student", "export_onnx", "quantize", "evaluate"}
+    assert run.computed() == STUDENT_AND_DOWN
 
 
 def test_comment_and_docstring_edits_recompute_nothing(cold, tmp_path):
@@ -195,11 +198,11 @@ def test_sst2_flow_shares_the_pipeline_and_its_cache_behaviour(tmp_path):
     args = ["--smoke", "--data", str(data), "--store", str(tmp_path / "store")]
     cold = run_cli(args, tmp_path, workload="sst2")
     assert cold.code == 0, cold.output[-3000:]
-    assert cold.computed() == set(STEP_NAMES)
+    assert cold.computed() == set(FIRST_RUN_STEPS)
     assert len(cold.summary["metrics"]["student_int8"]["per_class_f1"]) == 2
     # Everything but quantize and evaluate cached: the all-cached rerun, within the changed run.
     changed = run_cli([*args, "--quantize-approach", "static"], tmp_path, workload="sst2")
-    assert changed.code == 0 and changed.computed() == {"quantize", "evaluate"}, changed.output[-3000:]
+    assert changed.code == 0 and changed.computed() == {"quantize", "evaluate", "judge"}, changed.output[-3000:]
 
 
 def test_qat_as_the_int8_method_makes_the_runs_int8_model_the_qat_one(cold, tmp_path):
@@ -208,11 +211,11 @@ def test_qat_as_the_int8_method_makes_the_runs_int8_model_the_qat_one(cold, tmp_
     store = store_copy(cold, tmp_path)
     run = run_cli([*cold[1], "--store", str(store), "--quantize-method", "qat", "--qat-epochs", "0.5"], tmp_path)
     assert run.code == 0, run.output[-3000:]
-    assert run.computed() == {"qat_student", "evaluate"} and "quantize" not in run.states()
+    assert run.computed() == {"qat_student", "evaluate", "judge"} and "quantize" not in run.states()
     artifacts = ArtifactStore(store)
     qat_model = run.summary["stages"]["qat_student"]["artifact"]
     assert latest_run(artifacts, "emotion").role("student_int8").digest == qat_model
     assert artifacts.manifest(qat_model)["stage"] == "qat_student"
     assert run.summary["metrics"]["student_int8"]["size_bytes"] == artifacts.manifest(qat_model)["sizes"]["model.onnx"]
-    result = predict(artifacts, "emotion/latest", ["i feel wonderful"])[0]
+    result = predict(artifacts, run.summary["run"], ["i feel wonderful"])[0]
     assert set(result["scores"]) == {"sadness", "joy", "love", "anger", "fear", "surprise"}

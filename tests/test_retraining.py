@@ -1,28 +1,30 @@
-"""Scheduled retraining on a laptop store: day-by-day data drops through the real command.
+"""Scheduled retraining on the real team stack (PostgreSQL server, process workers, S3 store,
+Redis locks, as deployments/stack.sh starts them): day-by-day data drops into one data folder,
+each retrained by the same deployment with the same parameters, as a nightly schedule runs it.
 
-Day 1 data -> promoted; day 2 a new shard of good rows -> recomputed from fetch_dataset
-and promoted after the gate; the same data again -> all cached, nothing promoted; day 3
-drops, each on its own (a class removed, half the rows gone, test rows copied into
-train) -> stopped before training, production and the served answers unchanged. Then
-rollback and promote by hand, through the promotion log. Smoke-sized models on real
-emotion rows; the team-stack version of this loop is tests/test_team.py's.
+Day 1 -> promoted; day 2 a new shard of good rows -> recomputed from fetch_dataset and promoted
+after the gate; the same data again -> all cached, nothing promoted; day 3 drops, each on its own
+(a class removed, half the rows gone, test rows copied into train) -> stopped before training,
+production and the served answers unchanged. Then rollback and promotion by hand, and `serve`
+switching models under load, all against the shared S3 store. Smoke-sized models on real emotion
+rows. (The runs go through `prefect deployment run`: the worker runs them exactly as it runs a
+scheduled one; the test stack's schedules are inactive, tests/teamstack.py.)
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import OFFLINE, REPO, tree_state
-from artifacts.promotions import entries, production_alias
-from artifacts.store import ArtifactStore
-from flows import console, predict
+from teamstack import deployment_run, query
 
 NAME = "daily"
 PROBES = ["i feel wonderful today", "this is so unfair and i am furious", "i am scared of the dark"]
@@ -33,123 +35,208 @@ def emotion_rows(emotion_dir: Path, split: str) -> tuple[str, list[str]]:
     return lines[0], lines[1:]
 
 
-def drop(root: Path, shards: dict[str, list[str]], validation: list[str], test: list[str], header: str) -> Path:
-    """A data folder as a team's export job writes it: train/ as one file per day, val and test files."""
+def write_drop(root: Path, shards: dict[str, list[str]], validation: list[str], test: list[str], header: str) -> None:
+    """The data folder as a team's export job leaves it: train/ one file per day, val and test files."""
+    shutil.rmtree(root, ignore_errors=True)
     (root / "train").mkdir(parents=True)
     for name, rows in shards.items():
         (root / "train" / f"{name}.txt").write_text("\n".join([header, *rows]) + "\n")
     (root / "val.txt").write_text("\n".join([header, *validation]) + "\n")
     (root / "test.txt").write_text("\n".join([header, *test]) + "\n")
-    return root
 
 
-def run(tmp: Path, data: Path, store: Path, *flags: str) -> tuple[int, str, dict | None]:
-    summary = tmp / f"summary-{os.urandom(4).hex()}.json"
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(tmp / f"home-{os.urandom(4).hex()}"), "PYTHONPATH": str(REPO)}
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "flows.console", "run", "--preset", "generic", "--smoke", "--name", NAME,
-                           "--data", str(data), "--store", str(store), "--summary", str(summary), *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    return proc.returncode, proc.stdout + proc.stderr, json.loads(summary.read_text()) if summary.exists() else None
+def console(stack, *argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`distillery ARGV` on a team member's shell (the stack's S3 store and Redis)."""
+    return subprocess.run([sys.executable, "-m", "flows.console", *argv], cwd=stack["dir"],
+                          env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                          capture_output=True, text=True, timeout=timeout)
 
 
-def served(store: Path) -> list[str]:
-    out = io.StringIO()
-    assert predict.main([*PROBES, "--name", NAME, "--store", str(store)], stdout=out) == 0
-    return [json.loads(line)["scores"] for line in out.getvalue().splitlines()]
+def alias(stack, name: str) -> str:
+    out = subprocess.run([sys.executable, "-c", "import os, sys; from artifacts.store import ArtifactStore; "
+                          "print(ArtifactStore(os.environ['DISTILLERY_STORE']).resolve_alias(sys.argv[1]).digest)", name],
+                         env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()
 
 
-def production(store: Path) -> str:
-    return ArtifactStore(store).resolve_alias(production_alias(NAME)).digest
+def promotion_log(stack) -> list[dict]:
+    out = subprocess.run([sys.executable, "-c", "import json, os; from artifacts.store import ArtifactStore; "
+                          "from artifacts.promotions import entries; "
+                          f"print(json.dumps(entries(ArtifactStore(os.environ['DISTILLERY_STORE']), '{NAME}')))"],
+                         env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def served(stack, model: str | None = None) -> list[dict]:
+    run = console(stack, "predict", *PROBES, *(["--model", model] if model else ["--name", NAME]))
+    assert run.returncode == 0, run.stderr[-2000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def nightly(stack, data: Path) -> dict:
+    """One retraining by the deployment, with the parameters a nightly schedule would hold; the server's record of it."""
+    before = {r["id"] for r in query(stack, "generic")}
+    run = deployment_run(stack, f"name={NAME}", f"data={data}", "smoke=true", deployment="generic")
+    output = run.communicate(timeout=900)[0]
+    [flow_run] = [r for r in query(stack, "generic") if r["id"] not in before]
+    return {**flow_run, "code": run.returncode, "output": output}
 
 
 @pytest.fixture(scope="module")
-def days(tmp_path_factory, emotion_dir):
+def days(stack, tmp_path_factory, emotion_dir):
     tmp = tmp_path_factory.mktemp("days")
     header, train = emotion_rows(emotion_dir, "train")
-    _, validation = emotion_rows(emotion_dir, "val")
-    _, test = emotion_rows(emotion_dir, "test")
-    validation, test = validation[:120], test[:120]
+    validation, test = emotion_rows(emotion_dir, "val")[1][:120], emotion_rows(emotion_dir, "test")[1][:120]
     day1, day2 = train[:280], train[280:560]
     no_fear = lambda rows: [r for r in rows if not r.endswith(";fear")]  # noqa: E731
-    folders = {
-        "day1": drop(tmp / "day1", {"day1": day1}, validation, test, header),
-        "day2": drop(tmp / "day2", {"day1": day1, "day2": day2}, validation, test, header),
-        "class_removed": drop(tmp / "class", {"day1": no_fear(day1), "day2": no_fear(day2)}, no_fear(validation),
-                              no_fear(test), header),
-        "half_gone": drop(tmp / "half", {"day1": day1}, validation, test, header),
-        "test_in_train": drop(tmp / "leak", {"day1": day1, "day2": day2, "day3": test}, validation, test, header),
+    drops = {
+        "day1": ({"day1": day1}, validation, test),
+        "day2": ({"day1": day1, "day2": day2}, validation, test),
+        "class_removed": ({"day1": no_fear(day1), "day2": no_fear(day2)}, no_fear(validation), no_fear(test)),
+        "half_gone": ({"day1": day1}, validation, test),
+        "test_in_train": ({"day1": day1, "day2": day2, "day3": test}, validation, test),
     }
-    store = tmp / "store"
-    results = {"day1": run(tmp, folders["day1"], store)}
-    results["day1_production"] = production(store)
-    results["day2"] = run(tmp, folders["day2"], store)
-    results["day2_production"], results["day2_served"] = production(store), served(store)
-    results["unchanged"] = run(tmp, folders["day2"], store)
-    return tmp, store, folders, results
+    data = tmp / "exports"
+    results: dict = {"data": data, "drops": drops, "header": header}
+    for day in ("day1", "day2"):
+        write_drop(data, *drops[day], header)
+        results[day] = nightly(stack, data)
+        results[f"{day}_production"] = alias(stack, f"{NAME}/production")
+    results["day2_served"] = served(stack)
+    results["unchanged"] = nightly(stack, data)
+    return results
 
 
-def test_day1_is_promoted_and_day2_recomputes_from_fetch_and_is_promoted_after_the_gate(days):
-    _, store, _, results = days
-    code, output, day1 = results["day1"]
-    assert code == 0, output[-3000:]
-    assert day1["promotion"]["outcome"] == "promoted" and day1["promotion"]["production_run"] is None
-    assert "promoted" in day1["flow_run"]["tags"]
-    code, output, day2 = results["day2"]
-    assert code == 0, output[-3000:]
-    assert day2["stages"]["fetch_dataset"]["state"] == "computed"
-    assert day2["stages"]["compare_data"]["state"] == "computed" and day2["stages"]["judge"]["state"] == "computed"
-    assert day2["promotion"]["outcome"] == "promoted", day2["promotion"]["reasons"]
-    assert day2["promotion"]["production_run"] == results["day1_production"] == day1["run"]
-    assert day2["promotion"]["paired"]["rows"] == 120
-    assert results["day2_production"] == day2["run"]
-    log = entries(ArtifactStore(store), NAME)
+def tasks_of(run: dict) -> dict[str, str]:
+    return {name: state for name, state in run["tasks"].items() if name != "report"}
+
+
+def test_day1_and_a_good_day2_shard_are_promoted_by_the_deployment(stack, days):
+    day1, day2 = days["day1"], days["day2"]
+    assert day1["code"] == 0 and day1["state"] == "Completed", day1["output"][-3000:]
+    assert "promoted" in day1["tags"] and f"workload:{NAME}" in day1["tags"]
+    assert day2["code"] == 0 and day2["state"] == "Completed", day2["output"][-3000:]
+    assert "promoted" in day2["tags"] and "not-promoted" not in day2["tags"]
+    tasks = tasks_of(day2)
+    assert tasks["fetch_dataset"] == tasks["check_data"] == tasks["compare_data"] == tasks["judge"] == "Completed"
+    assert days["day2_production"] != days["day1_production"]
+    log = promotion_log(stack)
     assert [(e["action"], e["run"], e["replaced"], e["by"]) for e in log] == [
-        ("promote", day1["run"], None, "automatic"), ("promote", day2["run"], day1["run"], "automatic")]
-    assert log[1]["decision"]["paired"]["p_value"] == day2["promotion"]["paired"]["p_value"]
-    report = (Path(day2["report"]["location"]) / "report.md").read_text()
-    assert "## Promoted to production" in report and "p = " in report
+        ("promote", days["day1_production"], None, "automatic"),
+        ("promote", days["day2_production"], days["day1_production"], "automatic")]
+    assert log[1]["decision"]["paired"]["rows"] == 120
 
 
-def test_unchanged_data_is_all_cached_and_promotes_nothing(days):
-    _, store, _, results = days
-    code, output, again = results["unchanged"]
-    assert code == 0, output[-3000:]
-    assert {s["state"] for s in again["stages"].values()} == {"cached"}, again["stages"]
-    assert "compare_data" not in again["stages"] and "judge" not in again["stages"]
-    assert again["promotion"]["outcome"] == "not-promoted"
-    assert "already in production" in again["promotion"]["reasons"][0]
-    assert production(store) == results["day2_production"]
-    assert len(entries(ArtifactStore(store), NAME)) == 2
+def test_unchanged_data_is_all_cached_promotes_nothing_and_takes_seconds(stack, days):
+    again = days["unchanged"]
+    assert again["code"] == 0 and again["state"] == "Completed", again["output"][-3000:]
+    assert set(tasks_of(again).values()) == {"Cached"} and "judge" not in again["tasks"]
+    assert "not-promoted" in again["tags"]
+    seconds = again["end"] - again["started"]
+    print(f"\nFIGURE unchanged scheduled run on the team stack: {seconds:.1f}s from start to end on the server")
+    assert seconds < 10
+    assert alias(stack, f"{NAME}/production") == days["day2_production"] and len(promotion_log(stack)) == 2
 
 
-@pytest.mark.parametrize("drop_name, anomaly", [("class_removed", "classes_lost"), ("half_gone", "rows_fell"),
-                                                ("test_in_train", "overlap")])
-def test_a_broken_drop_stops_before_training_and_production_keeps_serving(days, drop_name, anomaly):
-    tmp, store, folders, results = days
-    latest = ArtifactStore(store).resolve_alias(f"{NAME}/latest")
-    code, output, summary = run(tmp, folders[drop_name], store)
-    assert code == 2 and summary is None, output[-3000:]
-    assert f"{anomaly}:" in output and f"--data-allow {anomaly}" in output and "production is unchanged" in output
-    for later in ("tokenize_teacher", "fine_tune_teacher"):
-        assert f"Task run '{later}" not in output
-    assert production(store) == results["day2_production"]
-    assert ArtifactStore(store).resolve_alias(f"{NAME}/latest") == latest
-    assert served(store) == results["day2_served"]
-    assert len(entries(ArtifactStore(store), NAME)) == 2
+@pytest.mark.parametrize("drop, anomaly", [("class_removed", "classes_lost"), ("half_gone", "rows_fell"),
+                                           ("test_in_train", "overlap")])
+def test_a_broken_drop_stops_before_training_and_production_keeps_serving(stack, days, drop, anomaly):
+    latest = alias(stack, f"{NAME}/latest")
+    write_drop(days["data"], *days["drops"][drop], days["header"])
+    try:
+        run = nightly(stack, days["data"])
+    finally:
+        write_drop(days["data"], *days["drops"]["day2"], days["header"])
+    assert run["state"] == "Failed" and run["code"] != 0
+    assert {"data-anomaly", "not-promoted"} <= set(run["tags"])
+    # The flow run's state on the server says why, as the UI shows it.
+    assert f"{anomaly}:" in run["message"] and f"--data-allow {anomaly}" in run["message"], run["message"]
+    assert "tokenize_teacher" not in run["tasks"] and "fine_tune_teacher" not in run["tasks"]
+    assert alias(stack, f"{NAME}/production") == days["day2_production"]
+    assert alias(stack, f"{NAME}/latest") == latest
+    assert served(stack) == days["day2_served"]
 
 
-def test_rollback_and_promotion_by_hand_go_through_the_log(days, capsys):
-    _, store, _, results = days
-    assert console.main(["rollback", NAME, "--store", str(store)]) == 0
-    assert production(store) == results["day1_production"]
-    assert served(store) != results["day2_served"] or results["day1_production"] == results["day2_production"]
-    state = tree_state(store)
-    assert console.main(["rollback", NAME, "--store", str(store)]) == 2  # day 1 was the first production
-    assert "no earlier production run" in capsys.readouterr().err
-    assert tree_state(store) == state
-    assert console.main(["promote", NAME, results["day2_production"][:10], "--store", str(store)]) == 0
-    assert production(store) == results["day2_production"] and served(store) == results["day2_served"]
-    log = entries(ArtifactStore(store), NAME)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_request(stack, days, tmp_path):
+    import httpx
+
+    before, after = days["day2_production"], days["day1_production"]
+    assert alias(stack, f"{NAME}/production") == before
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "flows.console", "serve", "--name", NAME, "--port", str(port),
+                               "--poll-seconds", "0.2"], cwd=stack["dir"],
+                              env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                              stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT, text=True)
+    log = lambda: (tmp_path / "serve.log").read_text()[-3000:]  # noqa: E731
+    url = f"http://127.0.0.1:{port}"
+    answers, failures, stop = [], [], threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(f"{url}/predict", json={"texts": PROBES})
+                    (answers.append((time.monotonic(), response.json())) if response.status_code == 200
+                     else failures.append(response.status_code))
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                assert httpx.get(f"{url}/health", timeout=2).json()["run"] == before
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, log()
+                time.sleep(0.3)
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        for c in clients:
+            c.start()
+        time.sleep(1.0)
+        rolled = console(stack, "rollback", NAME)
+        assert rolled.returncode == 0, rolled.stderr
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health", timeout=5).json()["run"] != after:
+            assert time.monotonic() < deadline, "serve never switched to the rolled-back model: " + log()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for c in clients:
+            c.join(60)
+        health = httpx.get(f"{url}/health", timeout=5).json()
+        bad = httpx.post(f"{url}/predict", json={"texts": ["fine", " "]})
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(30)
+    assert failures == [] and len(answers) > 20
+    runs = [a["run"] for _, a in sorted(answers, key=lambda x: x[0])]
+    assert runs[0] == before and runs[-1] == after and health["swaps"] == 1
+    assert runs == sorted(runs, key=lambda r: r == after)  # once switched, never back
+    assert health["batches"] < len(answers)  # concurrent requests were scored together
+    assert [r["label"] for r in answers[-1][1]["results"]] == [r["label"] for r in served(stack, after)]
+    assert bad.status_code == 400 and "text 1: empty" in bad.json()["detail"]
+
+
+def test_rollback_and_promotion_by_hand_go_through_the_log(stack, days):
+    production = alias(stack, f"{NAME}/production")
+    assert production == days["day1_production"]  # rolled back by the serve test
+    refused = console(stack, "rollback", NAME)
+    assert refused.returncode == 2 and "no earlier production run" in refused.stderr
+    promoted = console(stack, "promote", NAME, days["day2_production"][:10])
+    assert promoted.returncode == 0, promoted.stderr
+    assert alias(stack, f"{NAME}/production") == days["day2_production"] and served(stack) == days["day2_served"]
+    log = promotion_log(stack)
     assert [e["action"] for e in log] == ["promote", "promote", "rollback", "promote"]
-    assert log[2]["by"].startswith("hand:") and log[3]["replaced"] == results["day1_production"]
+    assert log[2]["by"].startswith("hand:") and log[3]["replaced"] == days["day1_production"]

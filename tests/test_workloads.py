@@ -82,8 +82,11 @@ def named(tmp_path_factory, emotion_dir):
 
 def test_a_run_under_a_name_never_moves_another_names_aliases(named):
     first, second = (named["summaries"][n] for n in NAMES)
-    assert named["aliases"]["reviews"] == {"reviews/latest": first["run"], "reviews/report": first["report"]["artifact"]}
+    # Each name's first run passes its (smoke: zero) floors and becomes that name's production run.
+    assert named["aliases"]["reviews"] == {"reviews/latest": first["run"], "reviews/production": first["run"],
+                                           "reviews/report": first["report"]["artifact"]}
     assert named["aliases"]["reviews-b"] == {**named["aliases"]["reviews"], "reviews-b/latest": second["run"],
+                                             "reviews-b/production": second["run"],
                                              "reviews-b/report": second["report"]["artifact"]}
     assert second["run"] != first["run"] and second["report"]["artifact"] != first["report"]["artifact"]
     store = ArtifactStore(named["store"])
@@ -92,7 +95,7 @@ def test_a_run_under_a_name_never_moves_another_names_aliases(named):
 
 def test_the_second_name_reuses_every_stage_of_the_first(named):
     first, second = (named["summaries"][n] for n in NAMES)
-    assert list(first["stages"]) == list(STEP_NAMES)
+    assert list(first["stages"]) == [s for s in STEP_NAMES if s not in ("compare_data", "judge")]  # no production yet
     assert {s["state"] for s in first["stages"].values()} == {"computed"}
     assert {s["state"] for s in second["stages"].values()} == {"cached"}  # the cache is shared, the names are not
     assert {k: s["artifact"] for k, s in second["stages"].items()} == {k: s["artifact"] for k, s in first["stages"].items()}
