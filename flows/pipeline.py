@@ -10,11 +10,17 @@ note, one computation per key however many runs ask at once); Prefect runs the t
 keeps its state (`Cached` or `Completed`), logs, progress artifact and retries, and
 caches nothing itself, so no second index can disagree with the store's.
 
+A workload's production run (`<name>/production`, artifacts/promotions.py) enters the DAG
+as given roles: new data is compared with its data before training, and the new INT8
+student is judged against its model after evaluation (flows/promotion.py: the data gate
+stops the run on an unaccepted finding; the decision promotes, or not).
+
 After the stages, every run writes its report (tasks/stages/report.py) and publishes it
 as Prefect markdown and table artifacts from the flow itself, so a run served
 entirely from the cache still shows what it delivered. Last it publishes its run
-record (artifacts/runs.py): which artifact plays which role; `<workload>/latest`
-points at it, and predict, explain and the benchmarks read roles from it.
+record (artifacts/runs.py): which artifact plays which role, the data findings and the
+promotion decision; `<workload>/latest` points at it, `<workload>/production` too when the
+run was promoted, and predict, serve, explain and the benchmarks read roles from it.
 
 A run goes by its workload's name (`name`, else the preset's): the aliases, the
 report's title, the Prefect run's name (`<name>[-smoke]-<time>`) and its tags

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from teamstack import deployment_run, query
+from teamstack import deployment_run, free_port, query
 
 NAME = "daily"
 PROBES = ["i feel wonderful today", "this is so unfair and i am furious", "i am scared of the dark"]
@@ -159,12 +158,6 @@ def test_a_broken_drop_stops_before_training_and_production_keeps_serving(stack,
     assert alias(stack, f"{NAME}/production") == days["day2_production"]
     assert alias(stack, f"{NAME}/latest") == latest
     assert served(stack) == days["day2_served"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_request(stack, days, tmp_path):

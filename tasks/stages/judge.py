@@ -33,7 +33,10 @@ class GateParams(BaseModel):
 
     min_accuracy: float = Field(0.0, ge=0, le=1, description="the new INT8 student's test accuracy must reach this (0 to 1)")
     min_macro_f1: float = Field(0.0, ge=0, le=1, description="the new INT8 student's test macro-F1 must reach this (0 to 1)")
-    tolerance: float = Field(0.01, ge=0, le=1, description="how much lower than the production model's the new test accuracy may be (0.01: one point), judged by a paired test")
+    # Two points, not one: two seeds of emotion's balanced recipe differ by 0.4 points on 2,000 test rows
+    # (35 against 43 discordant rows); with one point the test could not show them equivalent (p = 0.10),
+    # so the gate would flap on seed noise. With two, p < 0.001, and a model 3 points worse is refused.
+    tolerance: float = Field(0.02, ge=0, le=1, description="how much lower than the production model's the new test accuracy may be (0.02: two points), judged by a paired test")
     alpha: float = Field(0.05, gt=0, lt=1, description="the paired test's significance level: promote when its p-value is below")
 
 

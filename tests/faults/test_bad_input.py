@@ -47,6 +47,8 @@ FLAG_CASES = {
     "student layers out of order": (["--student-layers", "1,0"], "distinct, ascending", "--student-layers"),
     "missing model folder": (["--teacher", "./no-such-checkpoint"], "does not exist", "'minilm'"),
     "unknown hub model offline": (["--teacher", "nobody/no-such-model"], "Hugging Face Hub", "'minilm'"),
+    "gate tolerance above one": (["--gate-tolerance", "2"], "--gate-tolerance", "less than or equal to 1"),
+    "unknown anomaly to allow": (["--data-allow", "overlap,typo"], "unknown anomaly 'typo'", "allow any of empty_class"),
 }
 
 
