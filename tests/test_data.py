@@ -275,3 +275,18 @@ def test_an_unpinned_hub_source_offline_is_refused_at_the_edge_naming_the_fixes(
     assert resolve_data_revision(pinned) == pinned  # pinned: used as given
     local = DataParams(source=str(DATA_ROOT / "emotion"))
     assert resolve_data_revision(local) == local  # folders are keyed by their files' checksums
+
+
+def test_a_hub_revision_that_cannot_be_resolved_is_refused_naming_the_revision_flag(monkeypatch):
+    """Online, a revision is resolved to its commit before anything runs. Here there is no Hub to
+    ask (the machine is offline in fact, not by setting), which is the path a revision the Hub
+    does not have takes too: refused, naming the source, the revision and the flags."""
+    from tasks.data.sources import resolve_data_revision
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(DistilleryError) as refused:
+        resolve_data_revision(DataParams(source="dair-ai/emotion", revision="no-such-revision"))
+    message = str(refused.value)
+    assert "cannot resolve data set 'dair-ai/emotion' at revision 'no-such-revision'" in message
+    assert "--data-revision" in message and "--data PATH" in message
