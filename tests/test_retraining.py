@@ -4,7 +4,7 @@ each retrained by the same deployment with the same parameters, as a nightly sch
 
 Day 1 -> promoted; day 2 a new shard of good rows -> recomputed from fetch_dataset and promoted
 after the gate; the same data again -> all cached, nothing promoted; day 3 drops, each on its own
-(a class removed, half the rows gone, test rows copied into train) -> stopped before training,
+(a class removed, half the rows gone, test rows copied into train; three runs at once) -> stopped before training,
 production and the served answers unchanged. Then rollback and promotion by hand, and `serve`
 switching models under load, all against the shared S3 store. Smoke-sized models on real emotion
 rows. (The runs go through `prefect deployment run`: the worker runs them exactly as it runs a
@@ -14,6 +14,7 @@ scheduled one; the test stack's schedules are inactive, tests/teamstack.py.)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -76,13 +77,22 @@ def served(stack, model: str | None = None) -> list[dict]:
     return [json.loads(line) for line in run.stdout.splitlines()]
 
 
-def nightly(stack, data: Path) -> dict:
-    """One retraining by the deployment, with the parameters a nightly schedule would hold; the server's record of it."""
-    before = {r["id"] for r in query(stack, "generic")}
-    run = deployment_run(stack, f"name={NAME}", f"data={data}", "smoke=true", deployment="generic")
+def start(stack, data: Path) -> subprocess.Popen:
+    """A retraining by the deployment, with the parameters a nightly schedule would hold."""
+    return deployment_run(stack, f"name={NAME}", f"data={data}", "smoke=true", deployment="generic")
+
+
+def finish(stack, run: subprocess.Popen) -> dict:
+    """The server's record of a started retraining, once it ended."""
     output = run.communicate(timeout=900)[0]
-    [flow_run] = [r for r in query(stack, "generic") if r["id"] not in before]
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert flow_run_id, output[-2000:]
+    [flow_run] = [r for r in query(stack, "generic") if r["id"] == flow_run_id[1]]
     return {**flow_run, "code": run.returncode, "output": output}
+
+
+def nightly(stack, data: Path) -> dict:
+    return finish(stack, start(stack, data))
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +110,20 @@ def days(stack, tmp_path_factory, emotion_dir):
         "test_in_train": ({"day1": day1, "day2": day2, "day3": test}, validation, test),
     }
     data = tmp / "exports"
-    results: dict = {"data": data, "drops": drops, "header": header}
+    results: dict = {}
     for day in ("day1", "day2"):
         write_drop(data, *drops[day], header)
         results[day] = nightly(stack, data)
         results[f"{day}_production"] = alias(stack, f"{NAME}/production")
     results["day2_served"] = served(stack)
     results["unchanged"] = nightly(stack, data)
+    results["latest"] = alias(stack, f"{NAME}/latest")
+    # Day 3: each broken drop on its own (a folder of its own), all three at once on the two workers.
+    started = {}
+    for drop in ("class_removed", "half_gone", "test_in_train"):
+        write_drop(tmp / drop, *drops[drop], header)
+        started[drop] = start(stack, tmp / drop)
+    results["broken"] = {drop: finish(stack, run) for drop, run in started.items()}
     return results
 
 
@@ -144,19 +161,14 @@ def test_unchanged_data_is_all_cached_promotes_nothing_and_takes_seconds(stack, 
 @pytest.mark.parametrize("drop, anomaly", [("class_removed", "classes_lost"), ("half_gone", "rows_fell"),
                                            ("test_in_train", "overlap")])
 def test_a_broken_drop_stops_before_training_and_production_keeps_serving(stack, days, drop, anomaly):
-    latest = alias(stack, f"{NAME}/latest")
-    write_drop(days["data"], *days["drops"][drop], days["header"])
-    try:
-        run = nightly(stack, days["data"])
-    finally:
-        write_drop(days["data"], *days["drops"]["day2"], days["header"])
+    run = days["broken"][drop]
     assert run["state"] == "Failed" and run["code"] != 0
     assert {"data-anomaly", "not-promoted"} <= set(run["tags"])
     # The flow run's state on the server says why, as the UI shows it.
     assert f"{anomaly}:" in run["message"] and f"--data-allow {anomaly}" in run["message"], run["message"]
     assert "tokenize_teacher" not in run["tasks"] and "fine_tune_teacher" not in run["tasks"]
     assert alias(stack, f"{NAME}/production") == days["day2_production"]
-    assert alias(stack, f"{NAME}/latest") == latest
+    assert alias(stack, f"{NAME}/latest") == days["latest"]
     assert served(stack) == days["day2_served"]
 
 
