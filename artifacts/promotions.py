@@ -118,7 +118,7 @@ def who(by: str) -> str:
     return by if by == "automatic" else f"hand:{getpass.getuser()}"
 
 
-def check_promotable(store: ArtifactStore, name: str, record: RunRecord, digest: str) -> None:
+def check_promotable(name: str, record: RunRecord, digest: str) -> None:
     if record.workload != name:
         raise StoreError(f"run {digest[:12]} is a run of workload {record.workload!r}, not {name!r}: promote it as "
                          f"`distillery promote {record.workload} {digest[:12]}`")
@@ -129,24 +129,24 @@ def check_promotable(store: ArtifactStore, name: str, record: RunRecord, digest:
 def promote(store: ArtifactStore, name: str, run: ArtifactRef, by: str = "automatic", decision: dict | None = None) -> dict:
     """Makes `run` the workload's production run; returns the log entry."""
     record = read_run(store, run)
-    check_promotable(store, name, record, run.digest)
-    _current_unless(store, name, run)  # refused before the lock is taken
+    check_promotable(name, record, run.digest)
+    _current_unless(store, name, run, record)  # refused before the lock is taken
     with promotion_lock(store, name):
-        current = _current_unless(store, name, run)
+        current = _current_unless(store, name, run, record)
         entry = _append(store, name, {"action": "promote", "run": run.digest, "replaced": current, "by": who(by),
                                       "decision": decision or {}})
         store.set_alias(production_alias(name), run)
     return entry
 
 
-def _current_unless(store: ArtifactStore, name: str, run: ArtifactRef) -> str | None:
+def _current_unless(store: ArtifactStore, name: str, run: ArtifactRef, record: RunRecord) -> str | None:
     """The current production run, unless it is `run` already or serves the same INT8 model (identical
     runs finishing together each ask to be promoted; the first one is)."""
     stack = production_stack(entries(store, name))
     current = stack[-1] if stack else None
     if current == run.digest:
         raise StoreError(f"run {run.digest[:12]} is already {name}'s production run")
-    if current is not None and read_run(store, current).roles.get(INT8_ROLE) == read_run(store, run).roles.get(INT8_ROLE):
+    if current is not None and read_run(store, current).roles.get(INT8_ROLE) == record.roles.get(INT8_ROLE):
         raise StoreError(f"{name}'s production run {current[:12]} already serves the INT8 model of run {run.digest[:12]}")
     return current
 

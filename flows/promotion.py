@@ -59,15 +59,15 @@ class DataGate:
         stop = blocking(found)
         if not stop:
             return
-        allowed = ", ".join(sorted({f["anomaly"] for f in stop}))
+        names = ",".join(sorted({f["anomaly"] for f in stop}))
         lines = [f"- {f['anomaly']}: {f['message']}" for f in stop]
         message = (f"{self.name}: the new data has {len(stop)} anomal{'y' if len(stop) == 1 else 'ies'} ({step}); the run "
                    f"stops before training and production is unchanged:\n" + "\n".join(lines) +
-                   f"\nFix the data, or accept them on purpose with --data-allow {allowed}")
+                   f"\nFix the data, or accept them on purpose with --data-allow {names}")
         try:
             create_markdown_artifact(f"# {self.name}: run stopped by the data checks\n\n"
                                      + "\n".join(f"- {f['anomaly']}: {markdown_text(f['message'])}" for f in stop)
-                                     + f"\n\nProduction is unchanged. Accept on purpose with `--data-allow {allowed}`.\n",
+                                     + f"\n\nProduction is unchanged. Accept on purpose with `--data-allow {names}`.\n",
                                      key=artifact_key(self.name, "decision"), description=f"{self.name}: data anomalies")
         except Exception as exc:  # the UI is told best effort; the run stops regardless
             get_run_logger().warning(f"decision artifact not written ({type(exc).__name__}: {exc})")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 from artifacts.stage import Progress, Stage
 from tasks.data.checks import CheckParams, comparison_findings, split_statistics
@@ -23,7 +24,7 @@ from tasks.formats import DATA_COMPARISON, read_dataset
 from tasks.measure.new_texts import predicted_labels
 
 
-def _agreement(rows: "object", names: list[str], model: Path, tokens: Path, sample: int, seed: int) -> dict:
+def _agreement(rows: pd.DataFrame, names: list[str], model: Path, tokens: Path, sample: int, seed: int) -> dict:
     """The production model's accuracy on (a seeded sample of) these rows' labels, by label name."""
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(rows), size=min(sample, len(rows)), replace=False) if len(rows) else np.array([], dtype=int)
