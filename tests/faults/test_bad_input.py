@@ -1,8 +1,16 @@
 """Bad input, through the command line as users meet it: refused before any training,
-with the problem and the fix named, exit code 2, and the store left exactly as it was."""
+with the problem and the fix named, exit code 2, and the store left exactly as it was.
+
+Each case runs the laptop command's own entry (`run_command`, what flows/emotion.py calls)
+in this process, with the flow itself replaced by a failure: a case that got past the
+checks fails the test instead of training. One case goes through the real command in a
+subprocess, to show the exit status a shell sees; a subprocess per case (each booting
+its temporary Prefect server) cost the suite about four minutes.
+"""
+
+import os
 
 import pytest
-
 from conftest import run_cli, store_copy, tree_state, write_emotion_slice
 
 
@@ -58,44 +66,80 @@ def guarded_store(cold, tmp_path_factory):
     return store_copy(cold, tmp_path_factory.mktemp("guarded"))
 
 
-def refuse(args, tmp_path, store, problem, fix, env=None):
+def _flow_must_not_run(**parameters):
+    raise AssertionError("the bad input reached the flow: it must be refused before any stage runs")
+
+
+def command_in_process(argv: list[str], capsys, env: dict | None = None) -> tuple[int, str]:
+    """`python flows/emotion.py ARGV` in this process: its exit status and everything it printed."""
+    import flows.pipeline
+    from flows.cli import run_command
+
+    saved = dict(os.environ)  # the command sets a few defaults of its own (quiet logs, no telemetry)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(flows.pipeline, "distillery", _flow_must_not_run)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            try:
+                code = run_command(argv, preset="emotion")
+            except SystemExit as exc:  # argparse's own refusals
+                code = exc.code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    printed = capsys.readouterr()
+    return code, printed.out + printed.err
+
+
+def refuse(args, store, problem, fix, capsys, env=None):
     before = tree_state(store)
-    run = run_cli([*args, "--store", str(store)], tmp_path, timeout=180, extra_env=env)
-    assert run.code == 2, run.output[-2000:]
-    message = run.output
+    code, message = command_in_process([*args, "--store", str(store)], capsys, env)
+    assert code == 2, message[-2000:]
     assert problem in message and fix in message, message[-2000:]
-    assert "Traceback" not in message and "fine_tune_teacher:" not in message  # refused before any stage ran
+    assert "Traceback" not in message
     assert tree_state(store) == before
 
 
+def test_the_command_refuses_bad_input_with_exit_status_2(tmp_path, emotion_dir, guarded_store):
+    """The real command in its own process: the status and message a shell sees, nothing stored."""
+    data = broken_data(tmp_path, emotion_dir, "data", lambda f: (f / "test.txt").unlink())
+    before = tree_state(guarded_store)
+    run = run_cli(["--smoke", "--data", data, "--store", str(guarded_store)], tmp_path, timeout=180)
+    assert run.code == 2, run.output[-2000:]
+    assert "no test split" in run.output and "--data-splits" in run.output, run.output[-2000:]
+    assert "Traceback" not in run.output and "fine_tune_teacher:" not in run.output
+    assert tree_state(guarded_store) == before
+
+
 @pytest.mark.parametrize("case", sorted(DATA_CASES))
-def test_bad_data_is_refused(case, tmp_path, emotion_dir, guarded_store):
+def test_bad_data_is_refused(case, tmp_path, emotion_dir, guarded_store, capsys):
     change, flags, problem, fix = DATA_CASES[case]
     data = broken_data(tmp_path, emotion_dir, "data", change)
-    refuse(["--smoke", "--data", data, *flags], tmp_path, guarded_store, problem, fix)
+    refuse(["--smoke", "--data", data, *flags], guarded_store, problem, fix, capsys)
 
 
-def test_student_init_whose_tokenizer_or_weights_are_missing_is_refused(tmp_path, emotion_dir, guarded_store):
+def test_student_init_whose_tokenizer_or_weights_are_missing_is_refused(tmp_path, emotion_dir, guarded_store, capsys):
     from tasks.models.loading import load_classifier, load_config
 
     no_tokenizer = tmp_path / "weights-without-tokenizer"
     load_classifier("tiny", ["a", "b"]).save_pretrained(no_tokenizer)
-    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_tokenizer)], tmp_path, guarded_store,
-           "its tokenizer cannot be loaded", "tokenizer.save_pretrained")
+    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_tokenizer)], guarded_store,
+           "its tokenizer cannot be loaded", "tokenizer.save_pretrained", capsys)
     no_weights = tmp_path / "config-only"
     load_config("tiny").save_pretrained(no_weights)
-    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_weights)], tmp_path, guarded_store,
-           "holds no model weights", "save_pretrained")
+    refuse(["--smoke", "--data", str(emotion_dir), "--student-init", str(no_weights)], guarded_store,
+           "holds no model weights", "save_pretrained", capsys)
 
 
 @pytest.mark.parametrize("case", sorted(FLAG_CASES))
-def test_bad_configuration_or_model_is_refused(case, tmp_path, emotion_dir, guarded_store):
+def test_bad_configuration_or_model_is_refused(case, emotion_dir, guarded_store, capsys):
     flags, problem, fix = FLAG_CASES[case]
     data = [] if "--data" in flags else ["--data", str(emotion_dir)]
-    refuse(["--smoke", *data, *flags], tmp_path, guarded_store, problem, fix)
+    refuse(["--smoke", *data, *flags], guarded_store, problem, fix, capsys)
 
 
 @pytest.mark.parametrize("lease", ["soon", "1"])
-def test_bad_lock_lease_is_refused(lease, tmp_path, emotion_dir, guarded_store):
-    refuse(["--smoke", "--data", str(emotion_dir)], tmp_path, guarded_store,
-           f"DISTILLERY_LOCK_LEASE_SECONDS={lease!r}", "at least 3", env={"DISTILLERY_LOCK_LEASE_SECONDS": lease})
+def test_bad_lock_lease_is_refused(lease, emotion_dir, guarded_store, capsys):
+    refuse(["--smoke", "--data", str(emotion_dir)], guarded_store,
+           f"DISTILLERY_LOCK_LEASE_SECONDS={lease!r}", "at least 3", capsys, env={"DISTILLERY_LOCK_LEASE_SECONDS": lease})
