@@ -1,8 +1,9 @@
 """The cache command: python -m artifacts [--store ROOT] COMMAND (also `distillery list|verify|gc`)
 
   list                       every artifact: kind, stage, age, size, what points at it
-  verify [--repair]          check every file of every artifact; --repair deletes broken ones
-                             (their stages recompute on the next run)
+  verify [--repair]          check every file of every artifact and every promotion log entry; --repair
+                             deletes broken artifacts (their stages recompute on the next run) and moves
+                             damaged log entries aside (to promotions-damaged/)
   gc [--delete]              artifacts no key note, old record, alias or downstream artifact needs, old
                              staging folders, checkpoints of finished or abandoned stages,
                              key notes of deleted artifacts; listed, deleted with --delete
@@ -23,6 +24,7 @@ from artifacts.checkpoints import Checkpoints
 from artifacts.edge import add_store_argument
 from artifacts.lineage import age_seconds, entries, referenced, roots
 from artifacts.records import record_keys
+from artifacts.promotions import damaged_entries, move_aside
 from artifacts.store import DIGEST_PATTERN, ArtifactStore, staging_in_use, staging_owner_file
 
 
@@ -54,6 +56,12 @@ def cmd_verify(store: ArtifactStore, args: argparse.Namespace) -> int:
             if args.repair:
                 store.remove(digest)
     print(f"{len(digests)} artifacts checked, {bad} broken")
+    damaged = damaged_entries(store)
+    for path, problem in damaged:
+        if args.repair:
+            problem += f"; moved aside to {move_aside(store, path)}"
+        print(f"BROKEN promotion log entry {path}: {problem}")
+    bad += len(damaged)
     return 1 if bad and not args.repair else 0
 
 
@@ -101,7 +109,7 @@ def cmd_gc(store: ArtifactStore, args: argparse.Namespace) -> int:
     gone = {e.digest for e in doomed}
     notes = []
     for key in store.noted_keys():
-        ref = store.made_under(key)
+        ref = store.made_under(key, signed=False)
         if ref is None or ref.digest in gone or ref.digest not in known:
             notes.append(key)
             if args.delete:

@@ -38,7 +38,8 @@ from artifacts.locks import lock_manager_for
 from artifacts.progress import Progress
 from artifacts.records import RecordError, read_record
 from artifacts.stage import Stage, run_stage
-from artifacts.store import ArtifactRef, ArtifactStore
+from artifacts.signing import team_key
+from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 
 # Where a hit was found: the key note, an old Prefect record, or a manifest scan.
 Origin = Literal["note", "record", "manifest"]
@@ -61,9 +62,15 @@ def look_up(store: ArtifactStore, stage: Stage, key: str, inputs: Mapping[str, A
             refused.append(f"{what} names artifact {ref.short}: {problem}")
         return not problem
 
-    noted = store.made_under(key)
+    try:
+        noted = store.made_under(key)
+    except StoreError as exc:  # a note whose signature fails: as if never noted, and said so
+        refused.append(f"the key note is refused: {exc}")
+        noted = None
     if noted is not None and usable(noted, "the key note"):
         return Lookup(noted, "note", refused)
+    if team_key() is not None:
+        return Lookup(None, None, refused)  # with a team key only signed notes count: records and manifests carry none
     try:
         recorded = read_record(store, key)
     except FileNotFoundError:

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from artifacts.names import file_name_problem, inside, links_in
 from artifacts.store import DIGEST_PATTERN, ArtifactStore, checksum_tree, machine_cache
 
 META = "checkpoint.json"
@@ -72,10 +73,13 @@ class Checkpoints:
         """(step, local folder) of the newest intact checkpoint, if any."""
         for name in self._generations():
             folder = self._local_copy(name)
-            if folder is None:
+            if folder is None or links_in(folder):  # a link is a path no checksum covers: skipped, never loaded
                 continue
-            meta = json.loads((folder / META).read_text())
-            if {n: sha for n, sha in checksum_tree(folder).items() if n != META} == meta["files"]:
+            try:
+                meta = json.loads((folder / META).read_text())
+            except (OSError, ValueError):
+                continue
+            if {n: sha for n, sha in checksum_tree(folder).items() if n != META} == meta.get("files"):
                 return int(meta["step"]), folder
         return None
 
@@ -116,8 +120,16 @@ class Checkpoints:
         parent = self._download_parent()
         shutil.rmtree(parent, ignore_errors=True)  # the previous resume's copy
         parent.mkdir(parents=True)
+        base = f"{self.path}/{name}"
         try:
-            self.store.fs.get(f"{self.path}/{name}/", str(parent / name), recursive=True)
+            # File by file, each name checked: a recursive get would write wherever a stored name points.
+            root = base.split("://", 1)[-1].strip("/")
+            names = [path.split("://", 1)[-1].strip("/")[len(root):].lstrip("/") for path in self.store.fs.find(base)]
+            if not names or any(file_name_problem(n) and n != META for n in names):
+                return None  # a generation with a name that could escape its folder is skipped, never fetched
+            local = parent / name
+            self.store.fs.get([f"{base}/{n}" for n in names], [str(inside(local, n)) if n != META else str(local / META)
+                                                              for n in names])
         except FileNotFoundError:  # removed by a newer save meanwhile
             return None
         return parent / name if (parent / name / META).exists() else None

@@ -55,7 +55,7 @@ def roots(store: ArtifactStore) -> dict[str, str]:
     for digest in logged_runs(store):  # a rollback may return to any run a promotion log names
         pointed.setdefault(digest, "promotion log")
     for key in store.noted_keys():
-        ref = store.made_under(key)
+        ref = store.made_under(key, signed=False)
         if ref is not None:
             pointed.setdefault(ref.digest, f"key {key[:12]}")
     for key in record_keys(store):

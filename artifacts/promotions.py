@@ -18,12 +18,19 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
+import re
+import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Iterator
 
 from artifacts.locks import lock_manager_for
 from artifacts.runs import INT8_ROLE, RUN_KIND, RunRecord, read_run
-from artifacts.store import ArtifactRef, ArtifactStore, StoreError
+from artifacts.names import digest_problem
+from artifacts.signing import checked, sign
+from artifacts.store import ArtifactRef, ArtifactStore, NoAlias, StoreError
 
 PRODUCTION = "production"
 LOCK_WAIT_SECONDS = 60.0
@@ -37,18 +44,82 @@ def log_path(store: ArtifactStore, name: str) -> str:
     return f"{store.path}/promotions/{name}"
 
 
-def entries(store: ArtifactStore, name: str) -> list[dict]:
-    """The workload's promotion log, oldest first."""
-    base = log_path(store, name)
+ENTRY_NAME = re.compile(r"^(\d{8})\.json$")
+ACTIONS = ("promote", "rollback")
+
+
+class DamagedEntry(StoreError):
+    """A promotion log entry that cannot be read: promotions stop until it is repaired."""
+
+
+def _entry_files(store: ArtifactStore, base: str) -> list[str]:
     try:
-        files = sorted(f for f in store.fs.find(base) if f.endswith(".json"))
+        files = store.fs.find(base)
     except FileNotFoundError:
         return []
-    out = []
-    for path in files:
+    # Only `<seq>.json` directly in the log's folder: a temporary file of a write in progress is no entry.
+    folder = base.split("://", 1)[-1].strip("/")
+    return sorted(f for f in files if f.rsplit("/", 1)[0].strip("/") == folder and ENTRY_NAME.match(f.rsplit("/", 1)[-1]))
+
+
+def read_entry(store: ArtifactStore, path: str) -> dict:
+    """One log entry, checked as an attacker would craft it: JSON, its fields, its place, its signature."""
+    repair = (f"move it aside with `distillery verify --repair --store {store.root}` (production then replays "
+              f"without it; check `distillery promotions` afterwards), or restore it from a backup")
+    try:
         with store.fs.open(path, "r") as handle:
-            out.append(json.loads(handle.read()))
-    return sorted(out, key=lambda e: e["seq"])
+            entry = json.loads(handle.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedEntry(f"promotion log entry {path} is damaged ({type(exc).__name__}: {exc}); {repair}") from None
+    seq = int(ENTRY_NAME.match(path.rsplit("/", 1)[-1]).group(1))
+    entry = checked(entry, f"promotion:{path.rsplit('/', 2)[-2]}/{seq}", f"promotion log entry {path}")
+    problem = ""
+    if not isinstance(entry, dict):
+        problem = "it is not a JSON object"
+    elif entry.get("seq") != seq:
+        problem = f"its seq {entry.get('seq')!r} is not its file's number {seq}"
+    elif entry.get("action") not in ACTIONS:
+        problem = f"its action {entry.get('action')!r} is not one of {ACTIONS}"
+    elif digest_problem(entry.get("run"), "run"):
+        problem = digest_problem(entry.get("run"), "run")
+    if problem:
+        raise DamagedEntry(f"promotion log entry {path} is damaged: {problem}; {repair}")
+    return entry
+
+
+def entries(store: ArtifactStore, name: str) -> list[dict]:
+    """The workload's promotion log, oldest first; DamagedEntry names a file that cannot be read."""
+    return sorted((read_entry(store, path) for path in _entry_files(store, log_path(store, name))), key=lambda e: e["seq"])
+
+
+def damaged_entries(store: ArtifactStore) -> list[tuple[str, str]]:
+    """(path, problem) of every log entry that cannot be read, in every workload's log."""
+    found = []
+    for path in _all_entry_files(store):
+        try:
+            read_entry(store, path)
+        except StoreError as exc:
+            found.append((path, str(exc)))
+    return found
+
+
+def move_aside(store: ArtifactStore, path: str) -> str:
+    """Moves a damaged entry out of the log, to promotions-damaged/ (kept for a person to read)."""
+    prefix = f"{store.path}/promotions/".split("://", 1)[-1].lstrip("/")
+    relative = path.split("://", 1)[-1].lstrip("/")[len(prefix):]  # <workload>/<seq>.json
+    target = f"{store.path}/promotions-damaged/{relative}.{uuid.uuid4().hex[:8]}"
+    store.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    store.fs.mv(path, target)
+    return target
+
+
+def _all_entry_files(store: ArtifactStore) -> list[str]:
+    base = f"{store.path}/promotions"
+    try:
+        files = store.fs.find(base)
+    except FileNotFoundError:
+        return []
+    return sorted(f for f in files if ENTRY_NAME.match(f.rsplit("/", 1)[-1]))
 
 
 def production_stack(log: list[dict]) -> list[str]:
@@ -66,7 +137,7 @@ def production_run(store: ArtifactStore, name: str) -> tuple[ArtifactRef, RunRec
     """The run `<name>/production` names (its reference and record), or None when none was ever promoted."""
     try:
         ref = store.resolve_alias(production_alias(name))
-    except StoreError:
+    except NoAlias:  # only a missing alias means "none": one that fails its checks is an error, never "no champion"
         return None
     return ref, read_run(store, ref)
 
@@ -80,8 +151,12 @@ def logged_runs(store: ArtifactStore) -> set[str]:
         return set()
     runs = set()
     for path in files:
-        with store.fs.open(path, "r") as handle:
-            runs.add(json.loads(handle.read())["run"])
+        if not ENTRY_NAME.match(path.rsplit("/", 1)[-1]):
+            continue
+        try:
+            runs.add(read_entry(store, path)["run"])
+        except StoreError:
+            continue  # gc keeps going; `distillery verify` reports the damaged entry
     return runs
 
 
@@ -91,7 +166,13 @@ def promotion_lock(store: ArtifactStore, name: str) -> Iterator[None]:
 
     locks = lock_manager_for(store)
     key, holder = f"promotion-{name}", holder_name()
-    if not locks.acquire_lock(key, holder, acquire_timeout=LOCK_WAIT_SECONDS):
+    try:
+        acquired = locks.acquire_lock(key, holder, acquire_timeout=LOCK_WAIT_SECONDS)
+    except Exception as exc:  # the lock server (Redis) unreachable, refusing, timing out
+        raise StoreError(f"the promotion lock of {name!r} cannot be taken: the lock server failed "
+                         f"({type(exc).__name__}: {exc}); production is unchanged. Check DISTILLERY_LOCKS and "
+                         f"the Redis server, then try again") from None
+    if not acquired:
         raise StoreError(f"another promotion of {name!r} has held its lock for {LOCK_WAIT_SECONDS:.0f} s: try again")
     try:
         yield
@@ -100,17 +181,34 @@ def promotion_lock(store: ArtifactStore, name: str) -> Iterator[None]:
             locks.release_lock(key, holder)
         except ValueError:
             pass
+        except Exception as exc:  # the lease expires by itself; what was done under it stands
+            print(f"warning: the promotion lock of {name!r} was not released ({type(exc).__name__}: {exc}); "
+                  f"it expires by itself", file=sys.stderr)
 
 
 def _append(store: ArtifactStore, name: str, entry: dict) -> dict:
+    """Writes the next entry whole under a fresh name (call under the promotion lock)."""
     log = entries(store, name)
-    entry = {"seq": len(log) + 1, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "workload": name, **entry}
-    path = f"{log_path(store, name)}/{entry['seq']:08d}.json"
+    seq = max((e["seq"] for e in log), default=0) + 1  # not len(log): an entry moved aside leaves a gap
+    entry = {"seq": seq, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "workload": name, **entry}
+    path = f"{log_path(store, name)}/{seq:08d}.json"
+    body = json.dumps(sign(entry, f"promotion:{name}/{seq}"), indent=2)
     if store.fs.exists(path):
         raise StoreError(f"promotion log entry {path} exists already: the log was written without the lock")
-    store.fs.makedirs(log_path(store, name), exist_ok=True)
-    with store.fs.open(path, "w") as handle:
-        handle.write(json.dumps(entry, indent=2))
+    if store.is_local:
+        # Written beside, then linked in: the entry appears complete or not at all, and never over another.
+        folder = Path(log_path(store, name))
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{seq:08d}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(body)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise StoreError(f"promotion log entry {path} exists already: the log was written without the lock") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        store.fs.pipe_file(path, body.encode())  # one PUT: an object store shows the whole object or none
     return entry
 
 
@@ -126,13 +224,29 @@ def check_promotable(name: str, record: RunRecord, digest: str) -> None:
         raise StoreError(f"run {digest[:12]} has no INT8 model (role {INT8_ROLE}): only a finished run can be promoted")
 
 
+class ProductionMoved(StoreError):
+    """Production is no longer the run a decision was judged against: the decision is stale."""
+
+
 def promote(store: ArtifactStore, name: str, run: ArtifactRef, by: str = "automatic", decision: dict | None = None) -> dict:
-    """Makes `run` the workload's production run; returns the log entry."""
+    """Makes `run` the workload's production run; returns the log entry.
+
+    An automatic promotion is a compare-and-swap: `decision["production_run"]` is the run it
+    was judged against (None: there was none), and under the lock it is refused if production
+    is another run by then. A promotion by hand is a person's choice and needs no decision."""
     record = read_run(store, run)
     check_promotable(name, record, run.digest)
     _current_unless(store, name, run, record)  # refused before the lock is taken
     with promotion_lock(store, name):
         current = _current_unless(store, name, run, record)
+        if by == "automatic":
+            judged_against = (decision or {}).get("production_run")
+            if current != judged_against:
+                raise ProductionMoved(
+                    f"{name}'s production moved while run {run.digest[:12]} was judged: it was judged against "
+                    f"{judged_against[:12] if judged_against else 'no production run'}, and production is now "
+                    f"{current[:12] if current else 'none'}; not promoted. Rerun to judge it against the new "
+                    f"production model, or promote it by hand: `distillery promote {name} {run.digest[:12]}`")
         entry = _append(store, name, {"action": "promote", "run": run.digest, "replaced": current, "by": who(by),
                                       "decision": decision or {}})
         store.set_alias(production_alias(name), run)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from artifacts.store import ArtifactRef, ArtifactStore, StoreError
+from artifacts import signing
+from artifacts.store import ArtifactRef, ArtifactStore, NoAlias, StoreError
 
 RUN_KIND = "run"
 RUN_FILE = "run.json"
@@ -54,7 +55,7 @@ class _RunFormat:
 def publish_run(store: ArtifactStore, record: RunRecord) -> ArtifactRef:
     record = record.model_copy(update={"created": record.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     with store.new_artifact() as out:
-        (out / RUN_FILE).write_text(record.model_dump_json(indent=2))
+        (out / RUN_FILE).write_text(json.dumps(signing.sign(record.model_dump(mode="json"), RUN_KIND), indent=2))
         return store.publish(out, RUN_KIND, {"stage": "run", "params": {"workload": record.workload},
                                              "upstream": {role: ref.digest for role, ref in record.roles.items()}})
 
@@ -62,7 +63,12 @@ def publish_run(store: ArtifactStore, record: RunRecord) -> ArtifactRef:
 def read_run(store: ArtifactStore, ref: ArtifactRef | str) -> RunRecord:
     digest = ref.digest if isinstance(ref, ArtifactRef) else ref
     folder = store.open(ArtifactRef(kind=RUN_KIND, digest=digest))
-    return RunRecord.model_validate({**json.loads((folder / RUN_FILE).read_text()), "digest": digest})
+    try:
+        payload = json.loads((folder / RUN_FILE).read_text())
+    except ValueError as exc:
+        raise StoreError(f"run record {digest[:12]} is not JSON ({exc})") from None
+    payload = signing.checked(payload, RUN_KIND, f"run record {digest[:12]}")
+    return RunRecord.model_validate({**payload, "digest": digest})
 
 
 def latest_run(store: ArtifactStore, workload: str) -> RunRecord:
@@ -114,7 +120,7 @@ def find_run(store: ArtifactStore, name: str | None, workload: str | None = None
     else:
         try:
             digest = store.resolve_alias(name).digest
-        except StoreError:
+        except NoAlias:
             known = ", ".join(store.aliases()) or "none yet"
             raise StoreError(f"no alias {name!r} in store {store.root} (aliases: {known}); run a workload "
                              f"first, e.g. `distillery run --preset emotion`, or pass a model digest") from None

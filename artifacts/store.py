@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
-import re
+
 import shutil
 import socket
 import tempfile
@@ -38,14 +38,16 @@ from typing import Any, Iterator
 import fsspec
 from pydantic import BaseModel, ConfigDict, field_validator
 
-DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.-]*)*$")
-MANIFEST = "manifest.json"
+from artifacts import copies, signing
+
+from artifacts.names import (DIGEST_PATTERN, MANIFEST, REPAIR, StoreError, check_alias, check_digest, inside,  # noqa: F401
+                             kind_problem, links_in, manifest_problem)
+
 DEFAULT_STORE = ".distillery"
 
 
-class StoreError(RuntimeError):
-    """The store cannot serve or accept an artifact."""
+class NoAlias(StoreError):
+    """The alias does not exist (as opposed to one that exists but cannot be trusted)."""
 
 
 class ArtifactRef(BaseModel):
@@ -55,6 +57,14 @@ class ArtifactRef(BaseModel):
 
     kind: str
     digest: str
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_is_a_word(cls, value: str) -> str:
+        problem = kind_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("digest")
     @classmethod
@@ -137,16 +147,10 @@ class ArtifactStore:
         return machine_cache() / "locks"
 
     def object_path(self, digest: str) -> str:
-        if not DIGEST_PATTERN.match(digest):
-            raise StoreError(f"refusing artifact name {digest!r}: not a sha256 digest")
-        return f"{self.path}/objects/{digest}"
+        return f"{self.path}/objects/{check_digest(digest)}"
 
     def _alias_path(self, name: str) -> str:
-        if not ALIAS_PATTERN.match(name) or ".." in name.split("/"):
-            raise StoreError(
-                f"invalid alias {name!r}: use lower-case words separated by '/', e.g. emotion/latest"
-            )
-        return f"{self.path}/aliases/{name}.json"
+        return f"{self.path}/aliases/{check_alias(name)}.json"
 
     # -- writing -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -178,9 +182,16 @@ class ArtifactStore:
         """Move a finished folder into the store under its content digest."""
         if (workdir / MANIFEST).exists():
             raise StoreError(f"{MANIFEST} is reserved for the store; rename that file")
+        links = links_in(workdir)
+        if links:
+            raise StoreError(f"refusing to publish a {kind} artifact holding symbolic links {links[:3]}: "
+                             f"copy the files they point to instead")
         files = checksum_tree(workdir)
         if not files:
             raise StoreError("refusing to publish an empty artifact")
+        problem = manifest_problem({"kind": kind, "files": files})
+        if problem:
+            raise StoreError(f"refusing to publish a {kind} artifact: {problem}")
         digest = content_digest(kind, files)
         ref = ArtifactRef(kind=kind, digest=digest)
         if self.verify(ref).ok:
@@ -241,9 +252,17 @@ class ArtifactStore:
             return Verification(False, "missing")
         except (json.JSONDecodeError, UnicodeDecodeError):
             return Verification(False, "manifest is corrupt")
-        files = manifest.get("files", {})
-        if content_digest(manifest.get("kind", ""), files) != digest:
+        # Names first: a name chosen by whoever wrote the manifest must not pick a path to read or write.
+        problem = manifest_problem(manifest)
+        if problem:
+            return Verification(False, f"{problem} (run `{REPAIR}` to remove it)")
+        files = manifest["files"]
+        if content_digest(manifest["kind"], files) != digest:
             return Verification(False, "manifest does not match the digest")
+        if self.is_local:
+            links = links_in(Path(base))
+            if links:
+                return Verification(False, f"it holds symbolic links {links[:3]} (run `{REPAIR}` to remove it)")
         listing = self._listing(base)  # one listing: what is there, with sizes and times
         extra = sorted(set(listing) - set(files) - {MANIFEST})
         if extra:  # never used, so refused (locally `open` hands out the folder itself, where it would be read)
@@ -288,7 +307,8 @@ class ArtifactStore:
         partial.mkdir(parents=True)
         try:
             names = sorted(files)
-            self.fs.get([f"{self.object_path(digest)}/{name}" for name in names], [str(partial / name) for name in names])
+            # verify checked every name; `inside` checks each target again, the last guard before a write
+            self.fs.get([f"{self.object_path(digest)}/{name}" for name in names], [str(inside(partial, name)) for name in names])
             problem = _mismatch(checksum_tree(partial), files)
             if problem:
                 return problem
@@ -308,6 +328,8 @@ class ArtifactStore:
             finally:
                 shutil.rmtree(damaged, ignore_errors=True)
             self._copies[digest] = _folder_stamp(local)
+            copies.touch(machine_cache(), digest)
+            copies.evict(machine_cache(), keep=digest)  # within DISTILLERY_CACHE_MAX_GB, least recently used first
             return ""
         finally:
             shutil.rmtree(partial, ignore_errors=True)
@@ -319,6 +341,7 @@ class ArtifactStore:
             raise StoreError(f"artifact {ref.kind} {ref.short} cannot be used: {check.problem}")
         if self.is_local:
             return Path(self.object_path(ref.digest))
+        copies.hold(machine_cache(), ref.digest)  # in use by this process from here: never evicted under it
         local = self._cached_copy(ref.digest)
         files = self.manifest(ref)["files"]
         if self._copies.get(ref.digest) == _folder_stamp(local):
@@ -356,17 +379,25 @@ class ArtifactStore:
         The manifest cannot say it: identical content keeps the manifest (and the key) it
         was first published with. `gc` keeps what a note names.
         """
-        self._write_ref(self._key_path(key), ref)
+        self._write_ref(self._key_path(key), ref, f"key:{key}")
 
-    def made_under(self, key: str) -> ArtifactRef | None:
-        """The artifact noted for `key`, unverified, or None."""
+    def made_under(self, key: str, signed: bool = True) -> ArtifactRef | None:
+        """The artifact noted for `key`, unverified, or None. `signed=False` skips the signature check
+        (gc keeps whatever a note names, trusted or not: deleting is what must not be fooled into)."""
+        path = self._key_path(key)
         try:
-            with self.fs.open(self._key_path(key), "r") as handle:
-                return ArtifactRef.model_validate_json(handle.read())
+            with self.fs.open(path, "r") as handle:
+                payload = json.loads(handle.read())
         except FileNotFoundError:
             return None
         except ValueError:  # a torn or altered note: the key is looked up as if never noted
             return None
+        try:
+            if signed:
+                payload = signing.checked(payload, f"key:{key}", f"the key note {path}")
+            return ArtifactRef.model_validate({k: v for k, v in payload.items() if k != signing.FIELD})
+        except ValueError:
+            return None  # SignatureError is a StoreError, not a ValueError: it reaches the caller
 
     def noted_keys(self) -> list[str]:
         try:
@@ -388,10 +419,10 @@ class ArtifactStore:
 
     # -- aliases -----------------------------------------------------------------------
     def set_alias(self, name: str, ref: ArtifactRef) -> None:
-        self._write_ref(self._alias_path(name), ref)
+        self._write_ref(self._alias_path(name), ref, f"alias:{name}")
 
-    def _write_ref(self, path: str, ref: ArtifactRef) -> None:
-        payload = json.dumps(ref.model_dump())
+    def _write_ref(self, path: str, ref: ArtifactRef, what: str) -> None:
+        payload = json.dumps(signing.sign(ref.model_dump(), what))
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
@@ -410,11 +441,19 @@ class ArtifactStore:
         return sorted(f[len(base) + 1 : -len(".json")] for f in files if f.endswith(".json") and f.startswith(base + "/"))
 
     def resolve_alias(self, name: str) -> ArtifactRef:
+        path = self._alias_path(name)
         try:
-            with self.fs.open(self._alias_path(name), "r") as handle:
-                return ArtifactRef.model_validate_json(handle.read())
+            with self.fs.open(path, "r") as handle:
+                payload = json.loads(handle.read())
         except FileNotFoundError:
-            raise StoreError(f"no alias {name!r} in store {self.root}") from None
+            raise NoAlias(f"no alias {name!r} in store {self.root}") from None
+        except ValueError:
+            raise StoreError(f"alias {name!r} in store {self.root} is damaged ({path} is not JSON): set it again, "
+                             f"e.g. by rerunning the workload or `distillery promote`") from None
+        try:
+            return ArtifactRef.model_validate(signing.checked(payload, f"alias:{name}", f"alias {name!r} ({path})"))
+        except ValueError as exc:
+            raise StoreError(f"alias {name!r} in store {self.root} does not name an artifact ({exc}); set it again") from None
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -24,7 +24,6 @@ from artifacts.runs import INT8_ROLE, find_run  # noqa: E402
 from artifacts.store import ArtifactStore  # noqa: E402
 from bench import command  # noqa: E402
 from bench.machine import machine, machine_line  # noqa: E402
-from tasks.formats import read_judgement  # noqa: E402
 from tasks.stages import judge  # noqa: E402
 
 
@@ -52,7 +51,7 @@ def main() -> None:
                   "student_int8": challenger.role(INT8_ROLE), "production_tokens": champion.role("student_tokens"),
                   "production_int8": champion.role(INT8_ROLE)}
         ref = cached_or_run(judge.STAGE, gate, inputs, store).ref
-        judgement = read_judgement(store.open(ref))
+        judgement = judge.signed_judgement(store.open(ref))
         decision = judge.decide(gate, judgement["challenger"], judgement, champion.digest)
         rows.append({"challenger": name, "run": challenger.digest, "judgement": judgement, "decision": decision})
     result = {"champion": args.champion, "run": champion.digest, "gate": gate.model_dump(), "machine": machine(),

@@ -17,7 +17,7 @@ from typing import Callable
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from artifacts.promotions import promote
+from artifacts.promotions import ProductionMoved, promote
 from artifacts.runs import INT8_ROLE, RunRecord
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 from flows.config import PipelineConfig
@@ -25,11 +25,12 @@ from flows.dag import DATA_CHECK_STEPS, PRODUCTION_ROLES
 from flows.publish import artifact_key
 from tasks.data.checks import blocking
 from tasks.errors import DistilleryError
-from tasks.formats import read_findings, read_judgement
+from tasks.formats import read_findings
 from tasks.report.markdown import markdown_text
-from tasks.stages.judge import decide
+from tasks.stages.judge import decide, signed_judgement
 
 PROMOTED, NOT_PROMOTED, DATA_ANOMALY = "promoted", "not-promoted", "data-anomaly"
+PRODUCTION_MOVED = "production-moved"  # with not-promoted: production changed while the run was judged
 
 
 class DataAnomalies(DistilleryError):
@@ -78,22 +79,26 @@ class DataGate:
 def decision_of(config: PipelineConfig, store: ArtifactStore, roles: dict[str, ArtifactRef],
                 production: Production | None, int8_test: dict) -> dict:
     """The promotion decision for this run's INT8 student (`int8_test`: its evaluation on test)."""
-    judgement = read_judgement(store.open(roles["judgement"])) if "judgement" in roles else None
+    judgement = signed_judgement(store.open(roles["judgement"])) if "judgement" in roles else None
     already = production is not None and production[1].role(INT8_ROLE) == roles[INT8_ROLE]
     return decide(config.gate, int8_test, judgement, None if production is None else production[0].digest,
                   already_production=already)
 
 
-def promote_if_decided(store: ArtifactStore, name: str, record: ArtifactRef, decision: dict) -> str:
-    """Promotes the run when the decision says so; returns the tag that says what happened."""
+def promote_if_decided(store: ArtifactStore, name: str, record: ArtifactRef, decision: dict) -> tuple[list[str], str]:
+    """Promotes the run when the decision says so; returns the tags that say what happened, and why not ("" if it was)."""
     if not decision["promote"]:
-        get_run_logger().warning(f"{name}: not promoted; production is unchanged: " + "; ".join(decision["reasons"]))
-        return NOT_PROMOTED
+        why = "; ".join(decision["reasons"])
+        get_run_logger().warning(f"{name}: not promoted; production is unchanged: {why}")
+        return [NOT_PROMOTED], why
     try:
         promote(store, name, record, by="automatic", decision=decision)
-    except StoreError as exc:  # e.g. another run promoted meanwhile: this one stays latest, not production
+    except ProductionMoved as exc:  # judged against a champion that is no longer production: a stale decision
         get_run_logger().warning(f"{name}: not promoted: {exc}")
-        return NOT_PROMOTED
+        return [NOT_PROMOTED, PRODUCTION_MOVED], str(exc)
+    except StoreError as exc:  # e.g. the same model promoted meanwhile, the lock server away: stays latest
+        get_run_logger().warning(f"{name}: not promoted: {exc}")
+        return [NOT_PROMOTED], str(exc)
     get_run_logger().info(f"{name}: promoted run {record.short} to {name}/production")
-    return PROMOTED
+    return [PROMOTED], ""
 

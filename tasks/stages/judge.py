@@ -18,8 +18,9 @@ from typing import Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from artifacts import signing
 from artifacts.stage import Progress, Stage
-from tasks.formats import JUDGEMENT, open_tokens, read_labels, read_texts
+from tasks.formats import JUDGEMENT, open_tokens, read_judgement, read_labels, read_texts
 from tasks.measure.metrics import classification_report, predictions
 from tasks.measure.paired import noninferiority
 from tasks.measure.new_texts import predicted_labels
@@ -62,7 +63,7 @@ def build_judgement(params: GateParams, inputs: Mapping[str, Path], out: Path, p
     paired = noninferiority(np.array(challenger) == np.array(truth), np.array(champion) == np.array(truth), params.tolerance)
     judgement = {"rows": len(truth), "challenger": _figures(challenger, truth, names),
                  "champion": _figures(champion, truth, names), "paired": paired}
-    (out / "judgement.json").write_text(json.dumps(judgement, indent=2))
+    (out / "judgement.json").write_text(json.dumps(signing.sign(judgement, JUDGEMENT.kind), indent=2))
     progress.info(f"judge: challenger {judgement['challenger']['accuracy']:.4f}, production {judgement['champion']['accuracy']:.4f} "
                   f"on {len(truth)} test rows; p = {paired['p_value']:.3g} (tolerance {params.tolerance:g})")
     return {"challenger_accuracy": judgement["challenger"]["accuracy"], "champion_accuracy": judgement["champion"]["accuracy"],
@@ -102,6 +103,20 @@ def decide(params: GateParams, challenger: dict, judgement: dict | None, product
     }
 
 
+def signed_judgement(folder: Path) -> dict:
+    """The judgement in `folder`, its signature checked when a team key is set (artifacts/signing.py)."""
+    return signing.checked(read_judgement(folder), JUDGEMENT.kind, f"the judgement {folder.name[:12]}")
+
+
+def _signature_problem(folder: Path, inputs: Mapping[str, Path]) -> str:
+    """A cached judgement whose signature fails (made without the team key, or forged) is judged again."""
+    try:
+        signed_judgement(folder)
+    except signing.SignatureError as exc:
+        return str(exc)
+    return ""
+
+
 STAGE = Stage(
     name="judge",
     writes=JUDGEMENT,
@@ -109,4 +124,5 @@ STAGE = Stage(
     inputs=("dataset", "student_tokens", "student_int8", "production_tokens", "production_int8"),
     build=build_judgement,
     libraries=("onnxruntime", "transformers", "pyarrow"),
+    validate=_signature_problem,
 )
