@@ -75,7 +75,7 @@ from artifacts.runs import latest_run
 from artifacts.store import ArtifactStore
 store = ArtifactStore(os.environ["DISTILLERY_STORE"])
 assert store.root.startswith("s3://"), store.root
-record = latest_run(store, "emotion")
+record = latest_run(store, "emotion-smoke")
 assert all(store.verify(ref).ok for ref in record.roles.values())
 print(len(store.digests()))
 """
@@ -112,9 +112,18 @@ def test_two_concurrent_runs_on_two_workers_compute_each_stage_once(stack):
     in_s3 = subprocess.run([sys.executable, "-c", S3_HOLDS], env=stack["env"], capture_output=True, text=True, timeout=120)
     assert in_s3.returncode == 0 and int(in_s3.stdout) >= len(FIRST_RUN_STEPS), in_s3.stdout + in_s3.stderr
 
-    # A run asking the worker for a command of its own: the pool's job template has no such variable.
+    # Runs asking the worker to run something of theirs: the pool's template fixes command, env and
+    # working_dir, and declares no other variable, so the server refuses each such flow run outright.
     marker = stack["dir"] / "injected"
-    third = deployment_run(stack, "smoke=true", job_variables={"command": f"touch {marker}"})
+    hostile = {"command": f"touch {marker}",
+               "env": {"PYTHONWARNINGS": "ignore::antigravity.Foo::0", "BROWSER": f"sh -c 'touch {marker}' #%s"},
+               "working_dir": str(stack["dir"])}
+    for variable, value in hostile.items():
+        refused = deployment_run(stack, "smoke=true", job_variables={variable: value})
+        said = refused.communicate(timeout=300)[0]
+        assert refused.returncode != 0 and "Additional properties are not allowed" in said, (variable, said[-2000:])
+    assert [r for r in query(stack, "emotion") if r["id"] not in earlier | {f["id"] for f in flow_runs}] == []
+    third = deployment_run(stack, "smoke=true")
     assert third.communicate(timeout=600)[0] and third.returncode == 0
     assert not marker.exists()
     newest = [r for r in query(stack, "emotion") if r["id"] not in earlier | {f["id"] for f in flow_runs}]
