@@ -90,3 +90,50 @@ def test_bf16_training_trains_and_reports_what_ran(emotion_slice):
 
     weights = safetensors.torch.load_file(str(store.open(made) / "model" / "model.safetensors"))
     assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}  # autocast: the weights stay FP32
+
+
+def _sysfs(root, cores_of):
+    """A fake /sys/devices/system/cpu: logical CPU -> (package, core)."""
+    for cpu, (package, core) in cores_of.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_smt_siblings_count_as_one_physical_core_and_only_usable_cpus_count(tmp_path):
+    sysfs = _sysfs(tmp_path, {0: (0, 0), 1: (0, 0), 2: (0, 1), 3: (0, 1), 4: (1, 0)})
+    assert precision.physical_cores({0, 1, 2, 3, 4}, sysfs) == 3  # core 0 of package 1 is another core
+    assert precision.physical_cores({0, 1}, sysfs) == 1  # an affinity of two siblings: one core
+    assert precision.physical_cores({7}, sysfs) == 1  # no topology: each CPU its own core
+
+
+def test_another_heavy_process_on_the_cores_is_warned_of_only_when_it_oversubscribes():
+    warn = precision.cpu_share_warning
+    assert warn("fine_tune_teacher", 2, 2, 1.0) == ""  # the load is this process's own
+    message = warn("fine_tune_teacher", 2, 2, 2.1)  # another job keeps a core busy under 2 threads here
+    assert message.startswith("fine_tune_teacher: another process keeps the CPU busy (1-minute load 2.1 on 2 physical cores")
+    assert "OMP_NUM_THREADS=1" in message
+    assert warn("fine_tune_teacher", 1, 2, 2.0) == ""  # one thread here, one core left for the other
+    assert warn("fine_tune_teacher", 1, 2, 3.2) != ""  # two other busy threads on the 2 cores
+
+
+def test_torch_threads_are_capped_to_the_physical_cores_and_a_busy_cpu_is_logged(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    lines = []
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(precision, "physical_cores", lambda: 1)
+        monkeypatch.setattr(precision.os, "getloadavg", lambda: (4.0, 1.0, 1.0))
+        assert precision.settle_threads("fine_tune_teacher", lines.append) == 1
+        assert torch.get_num_threads() == 1
+        assert lines[0] == "fine_tune_teacher: torch threads 2 -> 1, the physical cores this process may use"
+        assert "another process keeps the CPU busy (1-minute load 4.0 on 1 physical core, 1 torch thread here)" in lines[1]
+        lines.clear()
+        monkeypatch.setattr(precision.os, "getloadavg", lambda: (0.5, 1.0, 1.0))
+        assert precision.settle_threads("distil_student", lines.append) == 1 and lines == []  # nothing to say
+    finally:
+        torch.set_num_threads(before)
