@@ -26,3 +26,30 @@ def test_a_second_loop_under_the_same_label_has_its_own_clock(monkeypatch):
     progress.step("fine_tune_teacher", 1, 100)  # a second one begins
     progress.step("fine_tune_teacher", 11, 100)  # 10 steps in 10 s, 89 to go
     assert lines[-1].endswith("elapsed 10s eta 89s"), lines[-1]
+
+
+def test_after_twenty_steps_the_time_left_is_estimated_and_updated_at_this_machines_pace(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    lines = []
+    progress = Progress(lines.append, every_seconds=1e9, bar=False, estimate_seconds=60)
+    for step in range(1, 1501):  # 1.5 s a step, then 3 s a step from step 200 (another job took a core)
+        now[0] += 1.5 if step < 200 else 3.0
+        progress.step("fine_tune_teacher", step, 1500)
+    estimates = [line for line in lines if "left" in line]
+    # The clock starts at step 1, so after step 21 it has 20 steps of pace: 1,479 left at 1.5 s, ~37 min.
+    assert estimates[0] == "fine_tune_teacher: ~37 min left (1.50 s a step, this machine)", estimates[0]
+    assert lines.index(estimates[0]) == 1  # the second line of the loop, right after the first step's
+    assert len(estimates) > 40  # updated as it goes (every minute of the ~72 min)
+    paces = [float(line.split("(")[1].split(" s a step")[0]) for line in estimates]
+    assert paces == sorted(paces) and paces[-1] > 2.5  # the slower pace shows as it goes
+
+
+def test_a_short_loop_gets_no_estimate(monkeypatch):
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    lines = []
+    progress = Progress(lines.append, every_seconds=0, bar=False)
+    for step in range(1, 21):
+        progress.step("soft_labels", step, 20)
+    assert not [line for line in lines if "left" in line]
