@@ -59,6 +59,10 @@ class Stage:
     extra_files: tuple[Path, ...] = field(default=())
     # A content check beyond checksums, run on every cache hit: a failing artifact is recomputed.
     validate: Validate | None = None
+    # Inputs among `inputs` that a run may leave out (e.g. the teacher's cached features, made only
+    # when layers are frozen). One left out is absent from the key, so adding an optional input
+    # to a stage leaves the keys of the runs without it as they were.
+    optional: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -94,8 +98,9 @@ class Stage:
     def check_inputs(self, params: BaseModel, inputs: Mapping[str, ArtifactRef]) -> None:
         if not isinstance(params, self.params):
             raise TypeError(f"{self.name} takes {self.params.__name__}, got {type(params).__name__}")
-        if set(inputs) != set(self.inputs):
-            raise TypeError(f"{self.name} reads {sorted(self.inputs)}, got {sorted(inputs)}")
+        if not set(self.inputs) - set(self.optional) <= set(inputs) <= set(self.inputs):
+            optional = f" ({sorted(self.optional)} optional)" if self.optional else ""
+            raise TypeError(f"{self.name} reads {sorted(self.inputs)}{optional}, got {sorted(inputs)}")
 
 
 def runtime() -> dict:

@@ -73,7 +73,7 @@ def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, mani
     # An input the stage reads now but did not when it made that artifact (a stage
     # added upstream since) stands in with a null digest, so the other differences
     # can still be listed.
-    new_inputs = [name for name in stage.inputs if name not in upstream]
+    new_inputs = [name for name in inputs if name not in upstream]  # an optional input left out is not new
     known = {name: ref if isinstance(ref, ArtifactRef) else ArtifactRef(kind="?", digest=upstream.get(name, NULL_DIGEST))
              for name, ref in inputs.items()}
     material = stage.key_material(params, known)
