@@ -29,19 +29,20 @@ def test_a_second_loop_under_the_same_label_has_its_own_clock(monkeypatch):
 
 
 def test_after_twenty_steps_the_time_left_is_estimated_and_updated_at_this_machines_pace(monkeypatch):
-    now = [0.0]
+    now, at = [0.0], [0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
-    lines = []
-    progress = Progress(lines.append, every_seconds=1e9, bar=False, estimate_seconds=60)
+    lines = []  # (step, line)
+    progress = Progress(lambda line: lines.append((at[0], line)), every_seconds=1e9, bar=False, estimate_seconds=60)
     for step in range(1, 1501):  # 1.5 s a step, then 3 s a step from step 200 (another job took a core)
         now[0] += 1.5 if step < 200 else 3.0
+        at[0] = step
         progress.step("fine_tune_teacher", step, 1500)
-    estimates = [line for line in lines if "left" in line]
+    estimates = [(step, line) for step, line in lines if "left" in line]
     # The clock starts at step 1, so after step 21 it has 20 steps of pace: 1,479 left at 1.5 s, ~37 min.
-    assert estimates[0] == "fine_tune_teacher: ~37 min left (1.50 s a step, this machine)", estimates[0]
+    assert estimates[0] == (21, "fine_tune_teacher: ~37 min left (1.50 s a step, this machine)"), estimates[0]
     assert lines.index(estimates[0]) == 1  # the second line of the loop, right after the first step's
-    assert len(estimates) > 40  # updated as it goes (every minute of the ~72 min)
-    paces = [float(line.split("(")[1].split(" s a step")[0]) for line in estimates]
+    assert 60 < len(estimates) < 80  # updated every minute of the ~72 min
+    paces = [float(line.split("(")[1].split(" s a step")[0]) for _, line in estimates]
     assert paces == sorted(paces) and paces[-1] > 2.5  # the slower pace shows as it goes
 
 
