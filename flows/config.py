@@ -20,7 +20,9 @@ from tasks.stages.qat import QATParams
 from tasks.stages.quantize import QuantizeParams
 from tasks.stages.soft_labels import SoftLabelParams
 from tasks.data.sources import DataParams
+from tasks.models.loading import TINY, TINY_MPNET
 from tasks.stages.teacher import TeacherParams
+from tasks.stages.teacher_features import TeacherFeatureParams
 from tasks.stages.tokenize import TokenizeParams
 
 # One segment of a store alias (artifacts/store.py's ALIAS_PATTERN), without its dots
@@ -95,6 +97,17 @@ class PipelineConfig(BaseModel):
     @property
     def teacher_tokens(self) -> TokenizeParams:
         return self.tokenize.model_copy(update={"tokenizer": self.teacher_tokenizer})
+
+    @property
+    def teacher_features(self) -> TeacherFeatureParams:
+        """The frozen part of the teacher, run once: keyed by the model, the depth and where and how it runs,
+        not by the teacher's schedule (the seed only for a model whose weights are random)."""
+        teacher = self.teacher
+        if teacher.frozen_layers == 0:
+            raise ValueError("no teacher features: --teacher-frozen-layers is 0")
+        device, precision = teacher.runs_on()  # as the teacher trains (resolved at the edge already, flows/presets.py)
+        return TeacherFeatureParams(model=teacher.model, frozen_layers=teacher.frozen_layers, precision=precision,
+                                    device=device, seed=teacher.seed if teacher.model in (TINY, TINY_MPNET) else 0)
 
     @property
     def student_tokens(self) -> TokenizeParams:

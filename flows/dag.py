@@ -21,7 +21,7 @@ from artifacts.stage import Stage
 from artifacts.store import ArtifactRef
 from flows.config import PipelineConfig
 from tasks.stages import (augment, check_data, compare_data, distil, evaluate, export, fetch, judge, qat, quantize,
-                          soft_labels, teacher, tokenize)
+                          soft_labels, teacher, teacher_features, tokenize)
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Step:
     when: str = ""  # a condition on the config, in words (RUNS_WHEN holds its test); "": always
     otherwise: str = ""  # when it does not run: the role that fills its role instead ("": none)
     takes_place_of: str = ""  # an alternative to that step, not part of the default DAG
+    opt_in: bool = False  # runs only when a setting off by default turns it on: not part of the default DAG either
 
 
 # Roles a run is given rather than makes: the workload's production run's artifacts
@@ -49,6 +50,7 @@ def _production_differs(roles: dict, own: str, production: str) -> bool:
 # Conditions a step runs under, by the words `Step.when` uses: (config, roles so far) -> bool.
 RUNS_WHEN: dict[str, Callable[[PipelineConfig, dict], bool]] = {
     "the student's tokenizer differs": lambda config, roles: not config.shared_tokenizer,
+    "--teacher-frozen-layers above 0": lambda config, roles: config.teacher.frozen_layers > 0,
     "--quantize-method ptq": lambda config, roles: config.quantize.method != "qat",
     "--quantize-method qat": lambda config, roles: config.quantize.method == "qat",
     "a production model was trained on other data": lambda config, roles: _production_differs(roles, "dataset", "production_dataset"),
@@ -64,7 +66,10 @@ STEPS: tuple[Step, ...] = (
     Step("tokenize_teacher", tokenize.STAGE, "teacher_tokens", fills="teacher_tokens", reads={"dataset": "dataset"}),
     Step("tokenize_student", tokenize.STAGE, "student_tokens", fills="student_tokens", reads={"dataset": "dataset"},
          when="the student's tokenizer differs", otherwise="teacher_tokens"),
-    Step("fine_tune_teacher", teacher.STAGE, "teacher", fills="teacher", reads={"tokens": "teacher_tokens"}),
+    Step("cache_teacher_features", teacher_features.STAGE, "teacher_features", fills="teacher_features",
+         reads={"tokens": "teacher_tokens"}, when="--teacher-frozen-layers above 0", opt_in=True),
+    Step("fine_tune_teacher", teacher.STAGE, "teacher", fills="teacher",
+         reads={"tokens": "teacher_tokens", "features": "teacher_features"}),
     Step("augment_data", augment.STAGE, "augment", fills="augmented", reads={"dataset": "dataset"}),
     Step("soft_labels", soft_labels.STAGE, "soft_labels", fills="soft_labels",
          reads={"tokens": "teacher_tokens", "teacher": "teacher", "augmented": "augmented"}),
@@ -85,8 +90,10 @@ STEPS: tuple[Step, ...] = (
          when="a production model other than this run's"),
 )
 
-# The steps of a run with the defaults, in order (an alternative such as qat_student excluded).
-STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS if not step.takes_place_of)
+# The steps of a run with the defaults, in order (an alternative such as qat_student excluded, and an
+# opt-in step such as cache_teacher_features); ALL_STEP_NAMES: every step any configuration may run.
+STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS if not step.takes_place_of and not step.opt_in)
+ALL_STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
 # Every role a run record may hold, in DAG order (the run's report is added by the flow).
 ROLES: tuple[str, ...] = tuple(dict.fromkeys(step.fills for step in STEPS))
 # Steps that check the data: a finding they make that is not allowed stops the run (flows/pipeline.py).
@@ -117,7 +124,9 @@ def run_dag(config: PipelineConfig, call: CallStage, given: dict[str, Any] | Non
     roles: dict[str, Any] = dict(given or {})
     for step in STEPS:
         if runs(step, config, roles):
-            inputs = {name: roles[role] for name, role in step.reads.items()}
+            # An optional input whose role no step filled (its step did not run) is left out.
+            inputs = {name: roles[role] for name, role in step.reads.items()
+                      if role in roles or name not in step.stage.optional}
             roles[step.fills] = call(step.name, step.stage, getattr(config, step.section), **inputs)
             if after is not None:
                 after(step.name, roles[step.fills])

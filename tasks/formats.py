@@ -50,6 +50,11 @@ DATA_CHECKS = Format("data-checks", ("checks.json",), "statistics of every split
 DATA_COMPARISON = Format("data-comparison", ("comparison.json",),
                          "new training data against the production model's: shift, classes, rows, agreement")
 JUDGEMENT = Format("judgement", ("judgement.json",), "the new INT8 student and the production one on the same test rows")
+FEATURE_SPLITS = ("train", "validation")
+TEACHER_FEATURES = Format("teacher-features", ("features.json",) + tuple(f"{s}{end}" for s in FEATURE_SPLITS
+                                                                           for end in (".npy", ".offsets.npy")),
+                          "hidden states after the teacher's frozen lower layers, per split: (tokens, hidden) "
+                          "float16, row i at offsets[i]:offsets[i + 1], in dataset row order")
 RUN_RECORD = Format("run", ("run.json",), "which artifact plays which role in one run")
 
 
@@ -199,6 +204,40 @@ def soft_labels_problem(soft_folder: Path, tokens_folder: Path, augmented_folder
                 f"{meta.get('train_rows')} + {len(texts)} (texts digest {str(meta.get('texts_sha256'))[:12]}, "
                 f"expected {expected[:12]})")
     return ""
+
+
+# -- teacher features -------------------------------------------------------------------
+@dataclass(frozen=True)
+class TeacherFeatures:
+    folder: Path
+    meta: dict  # model, frozen_layers, hidden_size, rows and token counts per split, frozen_sha256, ...
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(hidden states of every token of the split, memory-mapped; row offsets)."""
+        return (np.load(self.folder / f"{name}.npy", mmap_mode="r"),
+                np.load(self.folder / f"{name}.offsets.npy"))
+
+
+def write_feature_split(out: Path, split: str, rows: Sequence[np.ndarray]) -> dict:
+    """One split's hidden states, row after row, as float16; returns its counts."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    hidden = rows[0].shape[1] if len(rows) else 0
+    values = np.lib.format.open_memmap(out / f"{split}.npy", mode="w+", dtype=np.float16, shape=(int(offsets[-1]), hidden))
+    for i, row in enumerate(rows):
+        values[offsets[i]:offsets[i + 1]] = row
+    values.flush()
+    del values
+    np.save(out / f"{split}.offsets.npy", offsets)
+    return {"rows": int(len(rows)), "tokens": int(offsets[-1])}
+
+
+def write_features_meta(out: Path, meta: dict) -> None:
+    (out / "features.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def open_features(folder: Path) -> TeacherFeatures:
+    return TeacherFeatures(folder, json.loads((folder / "features.json").read_text()))
 
 
 # -- models -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ LOCAL_COPY = "./a-local-copy"
 def test_default_run_takes_the_default_steps_in_order_and_fills_every_role():
     calls, roles = walk(build_config(emotion(), LOCAL_COPY, smoke=True))
     assert [c[0] for c in calls] == [n for n in STEP_NAMES if n not in WITH_PRODUCTION]
-    assert tuple(roles) == tuple(r for r in ROLES if r not in ("data_comparison", "judgement"))  # in DAG order
+    assert tuple(roles) == tuple(r for r in ROLES if r not in ("data_comparison", "judgement", "teacher_features"))  # in DAG order
     step = {c[0]: c for c in calls}
     assert step["tokenize_student"][1] == "tokenize" and step["tokenize_student"][2] == "TokenizeParams"
     assert step["distil_student"][3] == {"tokens": "student_tokens", "soft_labels": "soft_labels", "augmented": "augmented",
@@ -46,6 +46,13 @@ def test_conditions_skip_or_swap_steps():
     assert "qat_student" in names and "quantize" not in names
     default = [n for n in STEP_NAMES if n not in WITH_PRODUCTION]
     assert names.index("qat_student") == default.index("quantize")
+    # Frozen teacher layers: their features are computed first, and the teacher reads them.
+    frozen = build_config(emotion(), LOCAL_COPY, smoke=True, overrides={"teacher": {"frozen_layers": 1}})
+    calls = walk(frozen)[0]
+    names = [c[0] for c in calls]
+    assert names.index("cache_teacher_features") == names.index("fine_tune_teacher") - 1
+    assert {c[0]: c for c in calls}["fine_tune_teacher"][3] == {"tokens": "teacher_tokens", "features": "teacher_features"}
+    assert {c[0]: c for c in walk(shared)[0]}["fine_tune_teacher"][3] == {"tokens": "teacher_tokens"}  # none read without
 
 
 def test_a_production_run_on_other_data_and_another_model_adds_the_comparison_and_the_judge():
@@ -53,7 +60,7 @@ def test_a_production_run_on_other_data_and_another_model_adds_the_comparison_an
     other = {role: f"production's {role}" for role in GIVEN_ROLES}
     calls, roles = walk(config, given=other)
     assert [c[0] for c in calls] == list(STEP_NAMES)
-    assert tuple(roles) == ROLES and not set(GIVEN_ROLES) & set(roles)  # given roles are read, not recorded
+    assert tuple(roles) == tuple(r for r in ROLES if r != "teacher_features") and not set(GIVEN_ROLES) & set(roles)  # given roles are read, not recorded
     step = {c[0]: c for c in calls}
     assert step["judge"][3] == {"dataset": "dataset", "student_tokens": "student_tokens", "student_int8": "student_int8",
                                 "production_tokens": "production's production_tokens",

@@ -112,7 +112,11 @@ def test_helper_edits_reach_exactly_the_stages_that_run_them():
     assert matrix["tasks.training.loop"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
     assert matrix["tasks.data.encoding"] == {"tokenize", "augment_data", "soft_labels", "distil_student", "compare_data", "judge"}
     assert matrix["tasks.data.checks"] == {"check_data", "compare_data"}
-    assert matrix["tasks.training.device"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student"}
+    assert matrix["tasks.training.device"] == {"fine_tune_teacher", "soft_labels", "distil_student", "qat_student",
+                                               "teacher_features"}
+    # The frozen teacher's helpers: the features it caches and the teacher trained above them, nothing else.
+    assert matrix["tasks.models.frozen"] == {"fine_tune_teacher", "teacher_features"}
+    assert matrix["tasks.training.cached"] == {"fine_tune_teacher"}
     assert "quantize" not in matrix["tasks.models.loading"]  # it never loads a PyTorch model
     assert len(matrix["tasks.formats"]) == len(every_stage())  # every stage reads or writes artifacts
 

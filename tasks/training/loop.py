@@ -28,7 +28,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from artifacts.stage import Progress
 from tasks.data.batching import inference_batches, length_grouped_batches, pad, random_batches
 from tasks.measure.metrics import classification_report
-from tasks.training.device import autocast, resolve_device, resolve_precision
+from tasks.training.device import autocast, resolve_device, resolve_precision, settle_threads
 
 
 class TrainParams(BaseModel):
@@ -141,9 +141,13 @@ def train(
     pad_id: int,
     validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
     pad_to: int | None = None,
+    validation_logits: Callable[[torch.nn.Module], np.ndarray] | None = None,
 ) -> dict:
     """Train in place; returns the history. `pad_to` pads every batch to that length,
-    as `padding="max_length"` does (bench/pipeline.py compares it with dynamic padding)."""
+    as `padding="max_length"` does (bench/pipeline.py compares it with dynamic padding).
+    `validation_logits(model)`: the validation rows' logits, where the model is not fed
+    token ids (a teacher above frozen layers, tasks/training/cached.py); default: from the ids."""
+    settle_threads(label, progress.info)
     torch.manual_seed(params.seed)
     plan = batch_plan([len(s) for s in sequences], params)
     device, precision = params.runs_on()
@@ -182,7 +186,7 @@ def train(
         progress.step(label, step, len(plan), loss=running)
         if step in checks:
             assert validation is not None
-            scores = _validate(model, validation, pad_id, precision, device)
+            scores = _validate(model, validation, pad_id, precision, device, validation_logits)
             improved = best.offer(step, scores, model)
             progress.info(f"{label}: step {step}/{len(plan)} validation accuracy {scores['accuracy']:.4f} "
                           f"macro-F1 {scores['macro_f1']:.4f}{' (best so far)' if improved else ''}")
@@ -214,7 +218,8 @@ def train(
         history["best_step"] = best.step
         history["validation_curve"] = best.curve
     if validation is not None:
-        scores = best.scores if best.step is not None else _validate(model, validation, pad_id, precision, device)
+        scores = best.scores if best.step is not None else _validate(model, validation, pad_id, precision, device,
+                                                                     validation_logits)
         history["validation_accuracy"] = round(scores["accuracy"], 5)
         history["validation_macro_f1"] = round(scores["macro_f1"], 5)
         progress.info(f"{label}: validation accuracy {history['validation_accuracy']:.4f}")
@@ -243,8 +248,9 @@ class _MatmulDtype:
 
 
 def _validate(model: torch.nn.Module, validation: tuple[Sequence[np.ndarray], np.ndarray], pad_id: int,
-              precision: str, device: str) -> dict:
-    logits = predict_logits(model, validation[0], pad_id, precision=precision, device=device)
+              precision: str, device: str, logits_of: Callable[[torch.nn.Module], np.ndarray] | None = None) -> dict:
+    logits = (logits_of(model) if logits_of is not None
+              else predict_logits(model, validation[0], pad_id, precision=precision, device=device))
     return classification_report(logits.argmax(1), validation[1], logits.shape[1])
 
 
