@@ -55,20 +55,19 @@ def walk(argv: list[str], prog: str):
 
     quiet_defaults()
     request, _ = parse_request(argv, prog=prog, description=STATUS_DESCRIPTION, summary=False)
-    request.config()  # every bad input refused here, naming the flag, before the DAG is walked
+    name = request.config().name  # every bad input refused here, naming the flag, before the DAG is walked
     from artifacts.store import ArtifactStore
     from flows.explain import step_statuses
 
-    return request, step_statuses(ArtifactStore(request.store), request.preset, request.data, request.smoke,
-                                  request.overrides, request.name)
+    return request, name, step_statuses(ArtifactStore(request.store), request.preset, request.data, request.smoke,
+                                        request.overrides, request.name)
 
 
 def status(argv: list[str], prog: str) -> int:
     try:
-        request, steps = walk(argv, prog)
+        request, name, steps = walk(argv, prog)  # name: a smoke run's is <name>-smoke
     except DistilleryError as exc:
         return bad_input(str(exc))
-    name = request.name or request.preset
     print(f"workload {name} (preset {request.preset}), store {request.store}")
     for step in steps:
         print(f"  {step.step:<18} {'cached' if step.cached else 'would run':<10} {step.detail}")
@@ -81,7 +80,7 @@ def status(argv: list[str], prog: str) -> int:
 def explain(argv: list[str], prog: str) -> int:
     """`status` as one line per step, `<step>: cached (...)` or `<step>: would run: <reasons>`."""
     try:
-        _, steps = walk(argv, prog)
+        _, _, steps = walk(argv, prog)
     except DistilleryError as exc:
         return bad_input(str(exc))
     for step in steps:

@@ -22,10 +22,11 @@ record (artifacts/runs.py): which artifact plays which role, the data findings a
 promotion decision; `<workload>/latest` points at it, `<workload>/production` too when the
 run was promoted, and predict, serve, explain and the benchmarks read roles from it.
 
-A run goes by its workload's name (`name`, else the preset's): the aliases, the
-report's title, the Prefect run's name (`<name>[-smoke]-<time>`) and its tags
-(`workload:<name>`, `preset:<preset>`, `smoke`), so runs of many data sets on one
-server and one store stay apart.
+A run goes by its workload's name (`name`, else the preset's; a smoke run's is
+`<name>-smoke`, flows/presets.py): the aliases, the promotion log, the report's title,
+the Prefect run's name (`<name>[-smoke]-<time>`) and its tags (`workload:<name>`,
+`preset:<preset>`, `smoke`), so runs of many data sets on one server and one store stay
+apart, and no smoke run ever moves a real workload's production model.
 """
 
 from __future__ import annotations
@@ -246,11 +247,11 @@ def distillery(
                                               labels=results["labels"], data_findings=data_gate.findings,
                                               decision=decision))
     artifacts.set_alias(f"{config.name}/latest", record)
-    outcome = promote_if_decided(artifacts, config.name, record, decision)
-    flow_run = tag_run(tags + [outcome])
+    outcome, refused = promote_if_decided(artifacts, config.name, record, decision)
+    flow_run = tag_run(tags + outcome)
     return {"workload": config.name, "preset": workload, "labels": results["labels"], "flow_run": flow_run,
             "stages": stage.stages, "metrics": results["models"], "shortfall": results["shortfall"],
-            "store": artifacts.root, "run": record.digest, "promotion": {"outcome": outcome, **decision},
+            "store": artifacts.root, "run": record.digest, "promotion": {"outcome": outcome[0], **decision, "refused": refused},
             "data_findings": data_gate.findings,
             "report": {"artifact": run_report.digest, "location": location}}
 

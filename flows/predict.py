@@ -2,11 +2,12 @@
 
     python flows/predict.py "i feel wonderful today" "this is so unfair"
     python flows/predict.py --model sst2/latest --file reviews.txt
-    python flows/predict.py --name reviews "great value, arrived late"   # = --model reviews/latest
+    python flows/predict.py --name reviews "great value, arrived late"   # = --model reviews/production
     echo "what a lovely surprise" | python flows/predict.py --model 3ee42f85f2fb
 
 By default the workload's production model (`<name>/production`, moved only when a run
-is promoted: artifacts/promotions.py), else its latest run with a note on stderr.
+is promoted: artifacts/promotions.py); with none, a clear error naming `distillery promote`
+(never the latest run unasked: it may be one the gate refused).
 --model is an alias (`<workload>/latest`, `<workload>/production`, both run records),
 or a full digest or unique digest prefix of a run record or of a run's INT8 model. The run record names the model (role `student_int8`) and the tokens it was
 trained on (role `student_tokens`), whose tokenizer and settings encode the text
@@ -130,18 +131,18 @@ DEFAULT_WORKLOAD = "emotion"
 
 
 def serving_alias(store: ArtifactStore, name: str) -> str:
-    """`<name>/production`, or `<name>/latest` where nothing was ever promoted."""
+    """`<name>/production`; with none, a DistilleryError naming `distillery promote`.
+
+    Never `<name>/latest`: latest moves for every finished run, refused ones included, so it
+    may name a model the gate turned down. A person can still ask for it: --model NAME/latest."""
     from artifacts.promotions import production_alias
 
-    return production_alias(name) if production_alias(name) in store.aliases() else f"{name}/latest"
-
-
-def served_alias(store: ArtifactStore, name: str) -> str:
-    """`serving_alias`, with a note on stderr when it is the latest run, not a promoted one."""
-    alias = serving_alias(store, name)
-    if alias.endswith("/latest"):
-        print(f"note: workload {name!r} has no production model (no run was promoted yet); serving {alias}",
-              file=sys.stderr)
+    alias = production_alias(name)
+    if alias not in store.aliases():
+        raise DistilleryError(
+            f"workload {name!r} has no production model in {store.root}: no run of it was promoted (the gate promotes "
+            f"a run that passes it; `distillery promote {name} RUN` promotes one by hand, e.g. RUN = {name}/latest "
+            f"after checking its report). To use the latest run anyway, pass --model {name}/latest")
     return alias
 
 
@@ -151,21 +152,21 @@ def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextI
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     parser.add_argument("--model", help="alias, digest or digest prefix of a run record or of a run's INT8 model "
-                        "(default: <name>/production, else <name>/latest)")
-    parser.add_argument("--name", help=f"the workload whose production model to use, else its latest run (default: {DEFAULT_WORKLOAD})")
+                        "(default: <name>/production; <name>/latest only when asked for)")
+    parser.add_argument("--name", help=f"the workload whose production model to use (default: {DEFAULT_WORKLOAD})")
     parser.add_argument("--file", help="a UTF-8 text file with one text per line; - for stdin")
     add_store_argument(parser)
     args = parser.parse_args(argv)
     try:
         if args.model and args.name:
             raise DistilleryError(f"give --model or --name, not both (--name {args.name} is --model "
-                                  f"{args.name}/production, else {args.name}/latest)")
+                                  f"{args.name}/production)")
         items = read_texts(args.texts, args.file, stdin)
         store = ArtifactStore(args.store)
         if store.is_local and not Path(store.path, "objects").is_dir():
             raise DistilleryError(f"no artifact store at {store.root}: run a workload first "
                                   f"(`distillery run --preset emotion`) or pass --store / DISTILLERY_STORE")
-        model = args.model or served_alias(store, args.name or DEFAULT_WORKLOAD)
+        model = args.model or serving_alias(store, args.name or DEFAULT_WORKLOAD)
         results = predict(store, model, [text for _, text in items])
     except (DistilleryError, StoreError) as exc:
         return bad_input(str(exc))

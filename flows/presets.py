@@ -146,6 +146,16 @@ PRESETS = {"emotion": emotion, "sst2": sst2, GENERIC: generic}
 Overrides = dict[str, dict[str, Any]]
 
 
+SMOKE_SUFFIX = "-smoke"
+
+
+def smoke_name(name: str) -> str:
+    """The name a smoke run of workload `name` goes by: its aliases, promotion log, report, Prefect
+    artifacts and tags are `<name>-smoke`'s, so a tiny model never becomes `<name>/latest` or
+    `<name>/production`, whoever starts it (`make smoke`, `--smoke`, `--param smoke=true`)."""
+    return check_workload_name(name + SMOKE_SUFFIX)
+
+
 def workload_name(preset: str, name: str | None) -> str:
     """The name a run of `preset` goes by: `name`, checked, else the preset's own.
 
@@ -158,6 +168,10 @@ def workload_name(preset: str, name: str | None) -> str:
                                   "which names its store aliases NAME/latest and NAME/report")
         return preset
     check_workload_name(name)
+    if name.endswith(SMOKE_SUFFIX):
+        raise DistilleryError(f"workload name {name!r} ends in {SMOKE_SUFFIX!r}, which names smoke runs: a full run under it "
+                              f"would share their aliases. Pick another name, or run with --smoke (which names the run "
+                              f"{name!r} by itself from --name {name.removesuffix(SMOKE_SUFFIX)})")
     if name in PRESETS and name != preset:
         raise DistilleryError(
             f"workload name {name!r} is the {name} preset's: a run of the {preset} preset under it would move "
@@ -182,7 +196,7 @@ def build_config(
     """
     base = smoke_sized(preset) if smoke else preset
     merged = base.model_dump()
-    merged["name"] = workload_name(preset.name, name)
+    merged["name"] = smoke_name(workload_name(preset.name, name)) if smoke else workload_name(preset.name, name)
     if data:
         merged["data"]["source"] = data
     if merged["data"]["source"] == NO_SOURCE:

@@ -6,8 +6,9 @@
 
 Built on what Prefect already brings (FastAPI, uvicorn). Three things make it a service:
 
-- **It serves what was promoted.** The model is `<name>/production` (else `<name>/latest`,
-  with a note), read the way `predict` reads it. A watcher polls the alias; when a new
+- **It serves what was promoted.** The model is `<name>/production`, read the way `predict`
+  reads it; with none it refuses to start, naming `distillery promote` (never `<name>/latest`,
+  which moves for refused runs too). A watcher polls the alias; when a new
   run is promoted (or rolled back to), it loads that model beside the old one and then
   swaps one reference. A request holds the model it started with, so none in flight fails
   and none is answered by a half-loaded model; every answer names the run that made it.
@@ -37,7 +38,7 @@ from pydantic import BaseModel, Field
 from artifacts.edge import add_store_argument, bad_input
 from artifacts.runs import find_run
 from artifacts.store import ArtifactStore, StoreError
-from flows.predict import Classifier, load_classifier, served_alias, serving_alias
+from flows.predict import Classifier, load_classifier, serving_alias
 from tasks.errors import DistilleryError
 
 MAX_TEXTS, MAX_CHARS = 256, 10_000
@@ -64,12 +65,12 @@ class ModelHolder:
         self._stop = threading.Event()
 
     def _load(self) -> Served:
-        alias = served_alias(self.store, self.name)
+        alias = serving_alias(self.store, self.name)
         record = find_run(self.store, alias, workload=self.name)
         return Served(record.digest, alias, load_classifier(self.store, record))
 
     def _points_elsewhere(self) -> bool:
-        """Whether production (or, before any promotion, latest) names another run than the one served."""
+        """Whether production names another run than the one served."""
         self.store.fs.invalidate_cache()  # an S3 filesystem remembers listings and sizes; aliases move
         return self.store.resolve_alias(serving_alias(self.store, self.name)).digest != self.current.run
 

@@ -66,18 +66,18 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     # A second comparison finds the teacher's ONNX and INT8 models and the QAT student
     # by their cache keys instead of rebuilding them.
     compare = bench_module("compare")
-    again = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams())
+    again = compare.lineage(ArtifactStore(store), "emotion-smoke", compare.qat.QATParams())
     assert "built " not in capsys.readouterr().out
     assert {name: ref.digest for name, ref in again.items()} == result["artifacts"]
     # --int8 names the run by its record (alias or digest) or by its INT8 student, and refuses anything else.
-    for start in (result["artifacts"]["student_int8"], summary["run"], "emotion/latest"):
-        found = compare.lineage(ArtifactStore(store), "emotion", compare.qat.QATParams(), start)
+    for start in (result["artifacts"]["student_int8"], summary["run"], "emotion-smoke/latest"):
+        found = compare.lineage(ArtifactStore(store), "emotion-smoke", compare.qat.QATParams(), start)
         assert {name: ref.digest for name, ref in found.items()} == result["artifacts"], start
     with pytest.raises(SystemExit, match="no alias 'emotion/nothing'"):
-        compare.find_run(ArtifactStore(store), "emotion", "emotion/nothing")
+        compare.find_run(ArtifactStore(store), "emotion-smoke", "emotion/nothing")
     with pytest.raises(SystemExit, match="made by stage 'fine_tune_teacher', and no run record names it"):
-        compare.find_run(ArtifactStore(store), "emotion", result["artifacts"]["teacher"])
-    with pytest.raises(SystemExit, match="is a run of workload 'emotion', not 'sst2'"):
+        compare.find_run(ArtifactStore(store), "emotion-smoke", result["artifacts"]["teacher"])
+    with pytest.raises(SystemExit, match="is a run of workload 'emotion-smoke', not 'sst2'"):
         compare.find_run(ArtifactStore(store), "sst2", summary["run"])
     with pytest.raises(SystemExit, match="no alias 'sst2/latest'"):
         compare.find_run(ArtifactStore(store), "sst2", None)

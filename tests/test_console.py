@@ -96,7 +96,7 @@ def test_status_of_the_same_flags_is_all_cached(capsys, smoke_store):
     # The run is production itself: nothing to compare its data with, nor to judge its model against.
     assert list(steps) == [s for s in STEP_NAMES if s not in ("compare_data", "judge")]
     assert all(state.startswith("cached") for state in steps.values()), out
-    assert out.splitlines()[0].startswith("workload emotion (preset emotion)")
+    assert out.splitlines()[0].startswith("workload emotion-smoke (preset emotion)")
     assert out.splitlines()[-1] == "11 of 11 steps cached; nothing to recompute"
 
 
@@ -116,9 +116,9 @@ def test_status_after_a_parameter_change_says_which_steps_rerun_and_why(capsys, 
 
 def test_status_under_another_name_shares_the_cache_not_the_comparison(capsys, smoke_store):
     steps, out = status(capsys, smoke_store, "--name", "emotion-b", "--student-seed", "7")
-    assert out.splitlines()[0].startswith("workload emotion-b (preset emotion)")
+    assert out.splitlines()[0].startswith("workload emotion-b-smoke (preset emotion)")
     assert steps["soft_labels"].startswith("cached")  # made by the emotion run: the cache knows no names
-    assert steps["distil_student"] == "would run  no earlier artifact for workload 'emotion-b'"
+    assert steps["distil_student"] == "would run  no earlier artifact for workload 'emotion-b-smoke'"
 
 
 def test_status_refuses_bad_input_like_run(capsys, smoke_store):
@@ -129,32 +129,32 @@ def test_status_refuses_bad_input_like_run(capsys, smoke_store):
 
 def test_report_prints_the_latest_reports_path_and_opens_it(capsys, smoke_store, monkeypatch):
     store, _, run = smoke_store
-    code, out, _ = distillery(capsys, "report", "--store", store, "--name", "emotion")
+    code, out, _ = distillery(capsys, "report", "--store", store, "--name", "emotion-smoke")
     path = out.strip()
     assert code == 0 and path == f"{run.summary['report']['location']}/report.md"
-    assert open(path).read().startswith("# distillery report: emotion")
+    assert open(path).read().startswith("# distillery report: emotion-smoke")
     opened = []
     monkeypatch.setattr("webbrowser.open", lambda uri: opened.append(uri) or True)
-    assert distillery(capsys, "report", "--store", store, "--open")[0] == 0  # --name defaults to emotion
+    assert distillery(capsys, "report", "--store", store, "--name", "emotion-smoke", "--open")[0] == 0
     assert opened == [Path(path).resolve().as_uri()]
     code, _, err = distillery(capsys, "report", "--store", store, "--name", "reviews")
-    assert code == 2 and "no report for workload 'reviews'" in err and "workloads with a report: emotion" in err
+    assert code == 2 and "no report for workload 'reviews'" in err and "workloads with a report: emotion-smoke" in err
 
 
 def test_predict_by_name_or_alias_is_the_same_model(capsys, smoke_store):
     store = smoke_store[0]
-    by_name = distillery(capsys, "predict", "--store", store, "--name", "emotion", "i feel wonderful")
-    by_alias = distillery(capsys, "predict", "--store", store, "--model", "emotion/latest", "i feel wonderful")
+    by_name = distillery(capsys, "predict", "--store", store, "--name", "emotion-smoke", "i feel wonderful")
+    by_alias = distillery(capsys, "predict", "--store", store, "--model", "emotion-smoke/latest", "i feel wonderful")
     assert by_name[0] == 0 and by_name[1] == by_alias[1]
     assert set(json.loads(by_name[1])["scores"]) == set(EMOTION_LABELS)
-    code, _, err = distillery(capsys, "predict", "--store", store, "--name", "emotion", "--model", "emotion/latest", "hi")
+    code, _, err = distillery(capsys, "predict", "--store", store, "--name", "emotion-smoke", "--model", "emotion-smoke/latest", "hi")
     assert code == 2 and "not both" in err
 
 
 def test_store_verbs_are_the_cache_commands_and_explain_takes_the_run_flags(capsys, smoke_store):
     store, args, run = smoke_store
     code, out, _ = distillery(capsys, "list", "--store", store)
-    assert code == 0 and "13 artifacts" in out and "alias emotion/latest" in out
+    assert code == 0 and "13 artifacts" in out and "alias emotion-smoke/latest" in out
     code, out, _ = distillery(capsys, "verify", "--store", store)
     assert code == 0 and out.strip().endswith("13 artifacts checked, 0 broken")
     code, out, _ = distillery(capsys, "gc", "--store", store)  # a dry run: lists, deletes nothing
@@ -163,4 +163,4 @@ def test_store_verbs_are_the_cache_commands_and_explain_takes_the_run_flags(caps
                               "--quantize-approach", "static")
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert code == 0 and "parameter approach: dynamic -> static" in lines["quantize"]
-    assert ArtifactStore(store).resolve_alias("emotion/latest").digest == run.summary["run"]
+    assert ArtifactStore(store).resolve_alias("emotion-smoke/latest").digest == run.summary["run"]

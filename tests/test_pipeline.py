@@ -34,10 +34,10 @@ def test_cold_run_computes_every_stage_and_reports(cold):
         m = run.summary["metrics"][model]
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 and m["latency_p50_ms"] > 0
     assert "student_int8" in run.output and "fine_tune_teacher" in run.output  # the printed table
-    # The run record names every role; emotion/latest points at it.
+    # The run record names every role; emotion-smoke/latest points at it (a smoke run goes by <name>-smoke).
     artifacts = ArtifactStore(store)
-    assert artifacts.resolve_alias("emotion/latest").digest == run.summary["run"]
-    record = latest_run(artifacts, "emotion")
+    assert artifacts.resolve_alias("emotion-smoke/latest").digest == run.summary["run"]
+    record = latest_run(artifacts, "emotion-smoke")
     steps = {name: s["artifact"] for name, s in run.summary["stages"].items()}
     assert record.steps == steps
     assert {role: ref.digest for role, ref in record.roles.items()} == {
@@ -108,7 +108,7 @@ def test_soft_labels_of_other_texts_are_detected_and_never_used(cold, tmp_path):
     """A key note pointing at sound soft labels of other texts is unusable: never used."""
     store = store_copy(cold, tmp_path)
     artifacts = ArtifactStore(store)
-    record = latest_run(artifacts, "emotion")
+    record = latest_run(artifacts, "emotion-smoke")
     other_texts = run_stage(augment.STAGE, augment.AugmentParams(copies=1), {"dataset": record.role("dataset")}, artifacts)
     other = run_stage(soft_labels.STAGE, soft_labels.SoftLabelParams(),
                       {"tokens": record.role("teacher_tokens"), "teacher": record.role("teacher"), "augmented": other_texts}, artifacts)
@@ -214,7 +214,7 @@ def test_qat_as_the_int8_method_makes_the_runs_int8_model_the_qat_one(cold, tmp_
     assert run.computed() == {"qat_student", "evaluate", "judge"} and "quantize" not in run.states()
     artifacts = ArtifactStore(store)
     qat_model = run.summary["stages"]["qat_student"]["artifact"]
-    assert latest_run(artifacts, "emotion").role("student_int8").digest == qat_model
+    assert latest_run(artifacts, "emotion-smoke").role("student_int8").digest == qat_model
     assert artifacts.manifest(qat_model)["stage"] == "qat_student"
     assert run.summary["metrics"]["student_int8"]["size_bytes"] == artifacts.manifest(qat_model)["sizes"]["model.onnx"]
     result = predict(artifacts, run.summary["run"], ["i feel wonderful"])[0]

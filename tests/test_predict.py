@@ -21,6 +21,9 @@ from tasks.onnx.session import onnx_logits, onnx_session
 TEXTS = ["i feel wonderful and loved today", "this is so unfair and it makes me furious"]
 
 
+SMOKE = ["--name", "emotion-smoke"]  # the cold smoke run's workload name (a smoke run goes by <name>-smoke)
+
+
 def run_predict(argv: list[str], stdin: str | bytes = "") -> tuple[int, list[dict], str]:
     """`distillery predict` in-process; bytes on stdin are read as a UTF-8 pipe is."""
     out, err = io.StringIO(), io.StringIO()
@@ -44,13 +47,13 @@ def test_predicts_what_the_int8_model_computes_on_the_stored_test_ids(cold):
     texts = read_dataset(artifacts.open(artifact(store, run, "fetch_dataset")))[0]["test"]["text"].tolist()[:40]
     student_tokens = open_tokens(artifacts.open(artifact(store, run, "tokenize_student")))
     ids, _ = student_tokens.split("test")
-    classifier = load_classifier(artifacts, latest_run(artifacts, "emotion"))
+    classifier = load_classifier(artifacts, latest_run(artifacts, "emotion-smoke"))
     # The command tokenizes exactly as the pipeline did for the student (not the MPNet teacher)...
     assert [list(e) for e in classifier.encoder.encode(texts)] == [list(i) for i in ids[:40]]
     assert classifier.encoder.pad_id == student_tokens.spec.pad_id == 0
     teacher_ids, _ = open_tokens(artifacts.open(artifact(store, run, "tokenize_teacher"))).split("test")
     assert [list(i) for i in teacher_ids[:40]] != [list(i) for i in ids[:40]]
-    code, results, err = run_predict(["--store", str(store), *texts])
+    code, results, err = run_predict(["--store", str(store), *SMOKE, *texts])
     assert code == 0, err
     # ...and labels each text with the INT8 model's own argmax on those ids.
     session = onnx_session(artifacts.open(artifact(store, run, "quantize")) / "model.onnx")
@@ -64,7 +67,7 @@ def test_predicts_what_the_int8_model_computes_on_the_stored_test_ids(cold):
 def test_alias_digests_and_prefixes_name_the_same_model(cold):
     store, _, run = cold
     model = run.summary["stages"]["quantize"]["artifact"]
-    names = ("emotion/latest", run.summary["run"], run.summary["run"][:12], model, model[:12])
+    names = ("emotion-smoke/latest", run.summary["run"], run.summary["run"][:12], model, model[:12])
     assert {find_run(ArtifactStore(store), name).roles["student_int8"].digest for name in names} == {model}
     outputs = [run_predict(["--store", str(store), "--model", name, *TEXTS]) for name in names]
     assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
@@ -75,15 +78,15 @@ def test_file_and_stdin_inputs(cold, tmp_path):
     store = str(cold[0])
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(TEXTS) + "\n")
-    by_args = run_predict(["--store", store, *TEXTS])[1]
-    assert run_predict(["--store", store, "--file", str(path)])[1] == by_args
-    assert run_predict(["--store", store], stdin="\n".join(TEXTS) + "\n")[1] == by_args
-    assert run_predict(["--store", store, "--file", "-"], stdin="\n".join(TEXTS))[1] == by_args
+    by_args = run_predict(["--store", store, *SMOKE, *TEXTS])[1]
+    assert run_predict(["--store", store, *SMOKE, "--file", str(path)])[1] == by_args
+    assert run_predict(["--store", store, *SMOKE], stdin="\n".join(TEXTS) + "\n")[1] == by_args
+    assert run_predict(["--store", store, *SMOKE, "--file", "-"], stdin="\n".join(TEXTS))[1] == by_args
 
 
 def test_the_command_line_as_users_type_it(cold):
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "flows/predict.py", "--store", str(cold[0])], input="\n".join(TEXTS) + "\n",
+    proc = subprocess.run([sys.executable, "flows/predict.py", "--store", str(cold[0]), *SMOKE], input="\n".join(TEXTS) + "\n",
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -100,7 +103,7 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
     teacher = cold[2].summary["stages"]["fine_tune_teacher"]["artifact"]
     text_file = tmp_path / "texts.txt"
     cases = {
-        "unknown_alias": (["--model", "sst2/latest", "hi"], "", "no alias 'sst2/latest'", "emotion/latest"),
+        "unknown_alias": (["--model", "sst2/latest", "hi"], "", "no alias 'sst2/latest'", "emotion-smoke/latest"),
         "empty_argument": (["fine", "   "], "", "empty text at argument 2", "non-blank"),
         "blank_line_in_file": (["--file", str(text_file)], "", f"empty text at {text_file} line 2", "non-blank"),
         "missing_file": (["--file", str(tmp_path / "nope.txt")], "", "no such file", "one text per line"),
@@ -128,27 +131,29 @@ def test_bad_input_is_refused_clearly_and_touches_nothing(cold, tmp_path, case):
 
 
 
-def test_serves_production_by_default_and_latest_with_a_note_where_nothing_was_promoted(cold, tmp_path):
+def test_serves_production_only_and_latest_only_when_asked_for(cold, tmp_path):
     from artifacts.promotions import production_alias
     from artifacts.runs import publish_run
     from conftest import store_copy
 
     store = store_copy(cold, tmp_path)
     artifacts = ArtifactStore(store)
-    production = artifacts.resolve_alias(production_alias("emotion"))
-    assert production == artifacts.resolve_alias("emotion/latest")  # the cold run, the name's first, was promoted
-    code, served, err = run_predict(["--store", str(store), *TEXTS])
-    assert code == 0 and "note" not in err
-    # A newer run that was not promoted moves latest only; predict keeps serving production. (This
-    # record's "INT8 model" is the PyTorch student, which predict could not even load.)
-    record = find_run(artifacts, "emotion/latest")
+    production = artifacts.resolve_alias(production_alias("emotion-smoke"))
+    assert production == artifacts.resolve_alias("emotion-smoke/latest")  # the cold run, the name's first, was promoted
+    code, served, err = run_predict(["--store", str(store), *SMOKE, *TEXTS])
+    assert code == 0 and err == ""
+    # A newer run that was not promoted (refused by the gate, say) moves latest only; predict keeps
+    # serving production. (This record's "INT8 model" is the PyTorch student, which predict could not load.)
+    record = find_run(artifacts, "emotion-smoke/latest")
     unpromoted = record.model_copy(update={"created": "2999-01-01T00:00:00Z",
                                            "roles": {**record.roles, "student_int8": record.roles["student"]}})
-    artifacts.set_alias("emotion/latest", publish_run(artifacts, unpromoted))
-    assert run_predict(["--store", str(store), *TEXTS])[:2] == (0, served)
-    # Where no run was ever promoted: the latest run, with a note saying so.
-    artifacts.set_alias("emotion/latest", production)
-    (store / "aliases" / "emotion" / "production.json").unlink()
-    code, results, err = run_predict(["--store", str(store), *TEXTS])
-    assert code == 0 and results == served
-    assert "note: workload 'emotion' has no production model (no run was promoted yet); serving emotion/latest" in err
+    artifacts.set_alias("emotion-smoke/latest", publish_run(artifacts, unpromoted))
+    assert run_predict(["--store", str(store), *SMOKE, *TEXTS])[:2] == (0, served)
+    # Where no run was ever promoted: refused, naming `distillery promote`; latest only by hand.
+    artifacts.set_alias("emotion-smoke/latest", production)
+    (store / "aliases" / "emotion-smoke" / "production.json").unlink()
+    code, results, err = run_predict(["--store", str(store), *SMOKE, *TEXTS])
+    assert code == 2 and results == []
+    assert "workload 'emotion-smoke' has no production model" in err and "distillery promote emotion-smoke" in err
+    assert "--model emotion-smoke/latest" in err
+    assert run_predict(["--store", str(store), "--model", "emotion-smoke/latest", *TEXTS])[:2] == (0, served)

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 
+from artifacts.store import ArtifactStore
 from conftest import OFFLINE, REPO
 from teamstack import stack_environment, stack_processes
 
@@ -30,6 +31,9 @@ def test_make_smoke_runs_the_whole_dag(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert re.search(r"^evaluate\s+computed", run.stdout, re.M), run.stdout[-2000:]
+    # A smoke run is no production run: it goes by emotion-smoke, and `make run`'s aliases do not exist.
+    aliases = ArtifactStore(tmp_path / "store").aliases()
+    assert "emotion-smoke/production" in aliases and not {"emotion/latest", "emotion/production"} & set(aliases)
 
 
 def test_run_on_a_prefect_server_section_works_as_written(tmp_path, emotion_dir):

@@ -32,11 +32,11 @@ def test_cold_run_report_holds_every_model_class_and_stage(cold):
     store, _, run = cold
     digest = run.summary["report"]["artifact"]
     assert ArtifactStore(store).verify(digest).ok
-    assert ArtifactStore(store).resolve_alias("emotion/report").digest == digest
+    assert ArtifactStore(store).resolve_alias("emotion-smoke/report").digest == digest
     folder = ArtifactStore(store).open(ArtifactRef(kind="run-report", digest=digest))
     assert f"report: {folder}/report.md" in run.output
     report = (folder / "report.md").read_text()
-    assert report.startswith(f"# distillery report: emotion ({SMOKE_NOTE})\n")
+    assert report.startswith(f"# distillery report: emotion-smoke ({SMOKE_NOTE})\n")
     evaluation = evaluation_of(store, run.summary)
     models = evaluation["models"]
     speedup = models["teacher"]["latency_p50_ms"] / models["student_int8"]["latency_p50_ms"]
@@ -100,14 +100,14 @@ def test_progress_artifacts_follow_training(in_process_runs):
 def test_cached_run_still_publishes_its_report(in_process_runs):
     store, [_, (summary, artifacts)] = in_process_runs
     assert {s["state"] for s in summary["stages"].values()} == {"cached"}
-    report = artifacts[("markdown", "emotion-report")]
+    report = artifacts[("markdown", "emotion-smoke-report")]
     markdown = report.data
     assert "0 of 11 stages computed" in markdown
     assert "## NOT promoted: production is unchanged" in markdown and "already in production" in markdown
     assert summary["report"]["location"] in markdown
     # A smoke run says so where the UI shows it: the report's title and both descriptions.
-    assert markdown.startswith(f"# {report_title('emotion', smoke=True)}\n")
-    table = artifacts[("table", "emotion-models")]
+    assert markdown.startswith(f"# {report_title('emotion-smoke', smoke=True)}\n")
+    table = artifacts[("table", "emotion-smoke-models")]
     assert SMOKE_NOTE in report.description and SMOKE_NOTE in table.description
     # The plots travel inside the markdown, byte for byte the PNGs in the store.
     folder = ArtifactStore(store).object_path(summary["report"]["artifact"])

@@ -27,6 +27,7 @@ import pytest
 from teamstack import deployment_run, free_port, query
 
 NAME = "daily"
+RUN_NAME = f"{NAME}-smoke"  # what the store and Prefect know the smoke runs by: never daily/production
 PROBES = ["i feel wonderful today", "this is so unfair and i am furious", "i am scared of the dark"]
 
 
@@ -64,7 +65,7 @@ def alias(stack, name: str) -> str:
 def promotion_log(stack) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", "import json, os; from artifacts.store import ArtifactStore; "
                           "from artifacts.promotions import entries; "
-                          f"print(json.dumps(entries(ArtifactStore(os.environ['DISTILLERY_STORE']), '{NAME}')))"],
+                          f"print(json.dumps(entries(ArtifactStore(os.environ['DISTILLERY_STORE']), '{RUN_NAME}')))"],
                          env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -72,7 +73,7 @@ def promotion_log(stack) -> list[dict]:
 
 
 def served(stack, model: str | None = None) -> list[dict]:
-    run = console(stack, "predict", *PROBES, *(["--model", model] if model else ["--name", NAME]))
+    run = console(stack, "predict", *PROBES, *(["--model", model] if model else ["--name", RUN_NAME]))
     assert run.returncode == 0, run.stderr[-2000:]
     return [json.loads(line) for line in run.stdout.splitlines()]
 
@@ -114,10 +115,10 @@ def days(stack, tmp_path_factory, emotion_dir):
     for day in ("day1", "day2"):
         write_drop(data, *drops[day], header)
         results[day] = nightly(stack, data)
-        results[f"{day}_production"] = alias(stack, f"{NAME}/production")
+        results[f"{day}_production"] = alias(stack, f"{RUN_NAME}/production")
     results["day2_served"] = served(stack)
     results["unchanged"] = nightly(stack, data)
-    results["latest"] = alias(stack, f"{NAME}/latest")
+    results["latest"] = alias(stack, f"{RUN_NAME}/latest")
     # Day 3: each broken drop on its own (a folder of its own), all three at once on the two workers.
     started = {}
     for drop in ("class_removed", "half_gone", "test_in_train"):
@@ -134,7 +135,13 @@ def tasks_of(run: dict) -> dict[str, str]:
 def test_day1_and_a_good_day2_shard_are_promoted_by_the_deployment(stack, days):
     day1, day2 = days["day1"], days["day2"]
     assert day1["code"] == 0 and day1["state"] == "Completed", day1["output"][-3000:]
-    assert "promoted" in day1["tags"] and f"workload:{NAME}" in day1["tags"]
+    assert "promoted" in day1["tags"] and f"workload:{RUN_NAME}" in day1["tags"]
+    # Smoke runs (--param smoke=true) go by daily-smoke: the real workload's aliases do not exist.
+    listed = subprocess.run([sys.executable, "-c", "import os; from artifacts.store import ArtifactStore; "
+                             "print(' '.join(ArtifactStore(os.environ['DISTILLERY_STORE']).aliases()))"],
+                            env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and not {f"{NAME}/latest", f"{NAME}/production"} & set(listed.stdout.split())
     assert day2["code"] == 0 and day2["state"] == "Completed", day2["output"][-3000:]
     assert "promoted" in day2["tags"] and "not-promoted" not in day2["tags"]
     tasks = tasks_of(day2)
@@ -155,7 +162,7 @@ def test_unchanged_data_is_all_cached_promotes_nothing_and_takes_seconds(stack, 
     seconds = again["end"] - again["started"]
     print(f"\nFIGURE unchanged scheduled run on the team stack: {seconds:.1f}s from start to end on the server")
     assert seconds < 10
-    assert alias(stack, f"{NAME}/production") == days["day2_production"] and len(promotion_log(stack)) == 2
+    assert alias(stack, f"{RUN_NAME}/production") == days["day2_production"] and len(promotion_log(stack)) == 2
 
 
 @pytest.mark.parametrize("drop, anomaly", [("class_removed", "classes_lost"), ("half_gone", "rows_fell"),
@@ -167,8 +174,8 @@ def test_a_broken_drop_stops_before_training_and_production_keeps_serving(stack,
     # The flow run's state on the server says why, as the UI shows it.
     assert f"{anomaly}:" in run["message"] and f"--data-allow {anomaly}" in run["message"], run["message"]
     assert "tokenize_teacher" not in run["tasks"] and "fine_tune_teacher" not in run["tasks"]
-    assert alias(stack, f"{NAME}/production") == days["day2_production"]
-    assert alias(stack, f"{NAME}/latest") == days["latest"]
+    assert alias(stack, f"{RUN_NAME}/production") == days["day2_production"]
+    assert alias(stack, f"{RUN_NAME}/latest") == days["latest"]
     assert served(stack) == days["day2_served"]
 
 
@@ -176,9 +183,9 @@ def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_requ
     import httpx
 
     before, after = days["day2_production"], days["day1_production"]
-    assert alias(stack, f"{NAME}/production") == before
+    assert alias(stack, f"{RUN_NAME}/production") == before
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "flows.console", "serve", "--name", NAME, "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "flows.console", "serve", "--name", RUN_NAME, "--port", str(port),
                                "--poll-seconds", "0.2"], cwd=stack["dir"],
                               env={**stack["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
                               stdout=(tmp_path / "serve.log").open("w"), stderr=subprocess.STDOUT, text=True)
@@ -209,7 +216,7 @@ def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_requ
         for c in clients:
             c.start()
         time.sleep(1.0)
-        rolled = console(stack, "rollback", NAME)
+        rolled = console(stack, "rollback", RUN_NAME)
         assert rolled.returncode == 0, rolled.stderr
         deadline = time.monotonic() + 60
         while httpx.get(f"{url}/health", timeout=5).json()["run"] != after:
@@ -235,13 +242,13 @@ def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_requ
 
 
 def test_rollback_and_promotion_by_hand_go_through_the_log(stack, days):
-    production = alias(stack, f"{NAME}/production")
+    production = alias(stack, f"{RUN_NAME}/production")
     assert production == days["day1_production"]  # rolled back by the serve test
-    refused = console(stack, "rollback", NAME)
+    refused = console(stack, "rollback", RUN_NAME)
     assert refused.returncode == 2 and "no earlier production run" in refused.stderr
-    promoted = console(stack, "promote", NAME, days["day2_production"][:10])
+    promoted = console(stack, "promote", RUN_NAME, days["day2_production"][:10])
     assert promoted.returncode == 0, promoted.stderr
-    assert alias(stack, f"{NAME}/production") == days["day2_production"] and served(stack) == days["day2_served"]
+    assert alias(stack, f"{RUN_NAME}/production") == days["day2_production"] and served(stack) == days["day2_served"]
     log = promotion_log(stack)
     assert [e["action"] for e in log] == ["promote", "promote", "rollback", "promote"]
     assert log[2]["by"].startswith("hand:") and log[3]["replaced"] == days["day1_production"]

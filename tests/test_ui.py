@@ -172,13 +172,13 @@ def test_run_page_shows_the_report_plots_table_and_progress(ui, ui_server, ui_ru
         page.goto(run_page)
         page.get_by_text("Artifacts", exact=True).first.click()
         page.wait_for_url(re.compile(r"[?&]tab=Artifacts"))
-        for key in ("emotion-report", "emotion-models", *PROGRESS_KEYS):
+        for key in ("emotion-smoke-report", "emotion-smoke-models", *PROGRESS_KEYS):
             page.get_by_text(key, exact=True).first.wait_for()
         shot(page, screenshots, f"{ui}-artifacts-tab")
         assert "Can't connect" not in page.locator("body").inner_text()
 
         # The report: its title says it is a smoke run; its table and plots are readable.
-        open_artifact("emotion-report")
+        open_artifact("emotion-smoke-report")
         page.get_by_role("heading", name=report_title("emotion", smoke=True)).wait_for()
         expect_models_table(page, expected_rows)
         page.wait_for_function("""n => [...document.images].filter(i => i.src.startsWith('data:image/png;base64,')

@@ -83,14 +83,16 @@ def named(tmp_path_factory, emotion_dir):
 def test_a_run_under_a_name_never_moves_another_names_aliases(named):
     first, second = (named["summaries"][n] for n in NAMES)
     # Each name's first run passes its (smoke: zero) floors and becomes that name's production run.
-    assert named["aliases"]["reviews"] == {"reviews/latest": first["run"], "reviews/production": first["run"],
-                                           "reviews/report": first["report"]["artifact"]}
-    assert named["aliases"]["reviews-b"] == {**named["aliases"]["reviews"], "reviews-b/latest": second["run"],
-                                             "reviews-b/production": second["run"],
-                                             "reviews-b/report": second["report"]["artifact"]}
+    # Smoke runs go by <name>-smoke: their aliases are that name's, never <name>/latest or <name>/production.
+    assert named["aliases"]["reviews"] == {"reviews-smoke/latest": first["run"], "reviews-smoke/production": first["run"],
+                                           "reviews-smoke/report": first["report"]["artifact"]}
+    assert named["aliases"]["reviews-b"] == {**named["aliases"]["reviews"], "reviews-b-smoke/latest": second["run"],
+                                             "reviews-b-smoke/production": second["run"],
+                                             "reviews-b-smoke/report": second["report"]["artifact"]}
     assert second["run"] != first["run"] and second["report"]["artifact"] != first["report"]["artifact"]
     store = ArtifactStore(named["store"])
-    assert latest_run(store, "reviews").workload == "reviews" and latest_run(store, "reviews-b").workload == "reviews-b"
+    assert latest_run(store, "reviews-smoke").workload == "reviews-smoke"
+    assert latest_run(store, "reviews-b-smoke").workload == "reviews-b-smoke"
 
 
 def test_the_second_name_reuses_every_stage_of_the_first(named):
@@ -106,18 +108,18 @@ def test_report_title_and_the_label_set_read_off_the_training_split(named):
     store = ArtifactStore(named["store"])
     for name in NAMES:
         summary = named["summaries"][name]
-        assert summary["workload"] == name and summary["preset"] == "generic" and summary["labels"] == inferred
-        report = (store.open(store.resolve_alias(f"{name}/report")) / "report.md").read_text()
-        assert report.startswith(f"# distillery report: {name} (smoke run")
+        assert summary["workload"] == f"{name}-smoke" and summary["preset"] == "generic" and summary["labels"] == inferred
+        report = (store.open(store.resolve_alias(f"{name}-smoke/report")) / "report.md").read_text()
+        assert report.startswith(f"# distillery report: {name}-smoke (smoke run")
         assert [line.split(" | ")[0].lstrip("| ") for line in report.splitlines()
                 if line.split(" | ")[0].lstrip("| ") in inferred][:6] == inferred  # per-class rows, in label order
-    record = latest_run(store, "reviews")
+    record = latest_run(store, "reviews-smoke")
     assert record.labels == inferred  # what the INT8 model's outputs mean, in the record readers use
     assert store.manifest(record.role("dataset"))["metrics"]["labels"] == inferred
 
 
 def test_predict_by_workload_name(named, capsys):
-    assert console.main(["predict", "--store", str(named["store"]), "--name", "reviews-b", "i feel wonderful"]) == 0
+    assert console.main(["predict", "--store", str(named["store"]), "--name", "reviews-b-smoke", "i feel wonderful"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["text"] == "i feel wonderful" and list(result["scores"]) == sorted(EMOTION_LABELS)
 
@@ -126,15 +128,16 @@ def test_flow_run_name_and_tags_as_the_prefect_api_has_them(named):
     for name in NAMES:
         flow_run = named["flow_runs"][name]
         assert re.fullmatch(rf"{name}-smoke-\d{{8}}-\d{{6}}", flow_run.name), flow_run.name
-        assert {f"workload:{name}", "preset:generic", "smoke"} <= set(flow_run.tags)
+        assert {f"workload:{name}-smoke", "preset:generic", "smoke"} <= set(flow_run.tags)
         assert named["summaries"][name]["flow_run"]["name"] == flow_run.name
-        assert {f"{name}-report", f"{name}-models"} <= named["prefect_artifacts"][name]
-    assert not {"reviews-report", "emotion-report"} & named["prefect_artifacts"]["reviews-b"]
+        assert {f"{name}-smoke-report", f"{name}-smoke-models"} <= named["prefect_artifacts"][name]
+    assert not {"reviews-smoke-report", "reviews-report", "emotion-report"} & named["prefect_artifacts"]["reviews-b"]
 
 
 def test_presets_are_workloads_of_the_same_command():
     request, _ = parse_request(["--preset", "emotion", "--smoke", "--data", "../shared/data/emotion"])
-    assert (request.preset, request.config().name) == ("emotion", "emotion")  # default name: the preset's
+    # default name: the preset's, and a smoke run's is that with -smoke, so it never moves emotion/latest
+    assert (request.preset, request.config().name) == ("emotion", "emotion-smoke")
     assert request.config().data.label_names == EMOTION_LABELS
     # The preset's Hub source, pinned (offline an unpinned one is refused: tests/test_data.py)
     request, _ = parse_request(["--preset", "sst2", "--name", "sst2-nightly-check", "--data-revision", "0123abcd"])
@@ -207,6 +210,8 @@ BAD = {
     "preset name on another preset": (None, ["--preset", "sst2", "--name", "emotion"], "would move emotion/latest",
                                       "Pick a name of its own"),
     "generic without a name": (None, [], "needs a workload name", "--name NAME"),
+    "a smoke run's name for a full run": (None, ["--name", "reviews-smoke"], "ends in '-smoke', which names smoke runs",
+                                          "run with --smoke"),
     "one class": (_relabelled(lambda label: "joy"), ["--name", "reviews"], "hold only 'joy'", "at least two classes"),
     "a class with one training row": (_with_one_row_labelled("suprise"), ["--name", "reviews"],
                                       "fewer than 2 training rows: 'suprise' (1 row)",

@@ -192,7 +192,7 @@ def test_explain_names_code_library_input_and_upstream_changes(cold):
     from tasks.stages import fetch, teacher
 
     store = ArtifactStore(cold[0])
-    record = latest_run(store, "emotion")
+    record = latest_run(store, "emotion-smoke")
     made = store.manifest(record.role("teacher"))
     params = teacher.TeacherParams.model_validate(made["params"])
     inputs = {"tokens": record.role("teacher_tokens")}
