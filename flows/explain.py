@@ -74,7 +74,7 @@ def _reasons(store: ArtifactStore, stage: Stage, params: Any, inputs: dict, mani
     # added upstream since) stands in with a null digest, so the other differences
     # can still be listed.
     new_inputs = [name for name in inputs if name not in upstream]  # an optional input left out is not new
-    known = {name: ref if isinstance(ref, ArtifactRef) else ArtifactRef(kind="?", digest=upstream.get(name, NULL_DIGEST))
+    known = {name: ref if isinstance(ref, ArtifactRef) else ArtifactRef(kind="unknown", digest=upstream.get(name, NULL_DIGEST))
              for name, ref in inputs.items()}
     material = stage.key_material(params, known)
     reasons = [f"it now also reads {name!r}, which its artifact was made without" for name in new_inputs]
