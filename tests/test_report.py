@@ -133,9 +133,11 @@ def test_progress_bar_log_lines_and_fraction_reports():
         progress.step("fine_tune_teacher", step, 50, loss=1.0 / step)
     bar = stream.getvalue()
     assert "fine_tune_teacher" in bar and "50/50" in bar and "100%" in bar
-    # Throttled: the first step and the last, nothing in between.
+    # Throttled: the first step and the last, nothing in between but the first estimate of the time left
+    # (after 20 steps, artifacts/progress.py; tests/test_progress.py checks its wording).
     assert fractions == [("fine_tune_teacher", 0.02), ("fine_tune_teacher", 1.0)]
-    assert len(lines) == 2 and lines[-1].startswith("fine_tune_teacher: 50/50 (100%) loss 0.02")
+    assert len(lines) == 3 and lines[-1].startswith("fine_tune_teacher: 50/50 (100%) loss 0.02")
+    assert "left" in lines[1] and "a step, this machine" in lines[1]
     # The first step has no pace to extrapolate from; the last has nothing left.
     assert lines[0].endswith("elapsed 0s eta unknown") and lines[-1].endswith("eta 0s")
 
