@@ -224,6 +224,27 @@ def check_promotable(name: str, record: RunRecord, digest: str) -> None:
         raise StoreError(f"run {digest[:12]} has no INT8 model (role {INT8_ROLE}): only a finished run can be promoted")
 
 
+class RolledBack(StoreError):
+    """The run's INT8 model was rolled back out of production: never promoted again automatically."""
+
+
+def rolled_back(store: ArtifactStore, name: str, log: list[dict] | None = None) -> dict[str, dict]:
+    """The INT8 models rolled back out of `name`'s production (by digest): the rollback entry of each.
+
+    By model, not by run record: a rerun with the same inputs makes a new record (its own time)
+    around the same cached model, and it must not come back by itself."""
+    found = {}
+    for entry in entries(store, name) if log is None else log:
+        if entry["action"] == "rollback" and entry.get("replaced"):
+            found[read_run(store, entry["replaced"]).role(INT8_ROLE).digest] = entry
+    return found
+
+
+def rolled_back_reason(name: str, entry: dict) -> str:
+    return (f"its INT8 model was rolled back out of {name}'s production (run {entry['replaced'][:12]}, log entry "
+            f"{entry['seq']}, {entry['at']}, by {entry['by']}), so it is not promoted automatically again")
+
+
 class ProductionMoved(StoreError):
     """Production is no longer the run a decision was judged against: the decision is stale."""
 
@@ -240,6 +261,10 @@ def promote(store: ArtifactStore, name: str, run: ArtifactRef, by: str = "automa
     with promotion_lock(store, name):
         current = _current_unless(store, name, run, record)
         if by == "automatic":
+            rolled = rolled_back(store, name).get(record.roles[INT8_ROLE].digest)
+            if rolled is not None:
+                raise RolledBack(f"{rolled_back_reason(name, rolled)}; promote it by hand if it is wanted again: "
+                                 f"`distillery promote {name} {run.digest[:12]}`")
             judged_against = (decision or {}).get("production_run")
             if current != judged_against:
                 raise ProductionMoved(

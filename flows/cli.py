@@ -86,8 +86,8 @@ def build_parser(workload: str, preset: PipelineConfig, prog: str | None = None,
                             help="models, hyper-parameters, and for emotion and sst2 the data source and label set; "
                             "--help after --preset shows that preset's values")
     parser.add_argument("--name", help="the workload's name: store aliases NAME/latest and NAME/report, the report's "
-                        "title, the Prefect run's name and tags (lower-case letters, digits, - and _; default: the preset's "
-                        "name; required for the generic preset)")
+                        "title, the Prefect run's name and tags (lower-case letters, digits and -; default: the preset's "
+                        "name; required for the generic preset; a --smoke run goes by NAME-smoke)")
     add_store_argument(parser)
     if summary:
         parser.add_argument("--summary", type=Path, help="write a JSON summary of stages and metrics to this file")

@@ -234,7 +234,7 @@ def distillery(
     roles = run_dag(config, stage, given=production_roles(production), after=data_gate)
 
     results = read_evaluation(artifacts.open(roles["evaluation"]))
-    decision = decision_of(config, artifacts, roles, production, results["models"][INT8_ROLE])
+    decision = decision_of(config, artifacts, roles, production, results["models"][INT8_ROLE], results["models"]["teacher"])
     run_report = write_report(config.name, stage.stages, roles["evaluation"], artifacts.root, smoke=smoke,
                               data_findings=data_gate.findings, decision=decision)
     artifacts.set_alias(f"{config.name}/report", run_report)

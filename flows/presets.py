@@ -100,6 +100,8 @@ NO_SOURCE = ""  # the generic preset's data source: --data must give one
 # macro-F1, Reuters-R8 +0.54 / +0.145; on emotion it cost 0.33 points (two seeds), so the
 # emotion and SST-2 presets, each chosen on its own validation, keep it off.
 GENERIC_CLASS_BALANCE = 0.5
+# TREC and Reuters-R8 INT8 students land within 1 point of their teachers (bench/results/generality.md).
+GENERIC_BELOW_TEACHER = 0.05
 
 
 def generic() -> PipelineConfig:
@@ -108,11 +110,13 @@ def generic() -> PipelineConfig:
     data source and no label names (they are read off the training split, sorted)."""
     base = emotion()
     dumped = base.model_dump()
-    # No accuracy floors: what a data set allows is unknown; the gate still compares each new
-    # model with the production one (--gate-min-accuracy sets a floor).
+    # No absolute floors: what a data set allows is unknown, but its own teacher shows it, so the
+    # INT8 student may be at most GENERIC_BELOW_TEACHER below it (the 77-class intent run's student,
+    # 8.9 points under its teacher, would be refused); the gate still compares each new model with
+    # the production one (--gate-min-accuracy sets an absolute floor).
     return base.model_validate({**dumped, "name": GENERIC, "data": {"source": NO_SOURCE, "label_names": None},
                                 "student": {**dumped["student"], "class_balance": GENERIC_CLASS_BALANCE},
-                                "gate": GateParams().model_dump()})
+                                "gate": GateParams(below_teacher=GENERIC_BELOW_TEACHER).model_dump()})
 
 
 def smoke_sized(full: PipelineConfig) -> PipelineConfig:
@@ -136,7 +140,8 @@ def smoke_sized(full: PipelineConfig) -> PipelineConfig:
         "export": {**full.export.model_dump(), "parity_examples": 16},
         # Tiny models' accuracy means nothing: no floors, and any loss against production is
         # tolerated. The gate still runs (judge, the paired test, the decision, the promotion).
-        "gate": {**full.gate.model_dump(), "min_accuracy": 0.0, "min_macro_f1": 0.0, "tolerance": 1.0},
+        "gate": {**full.gate.model_dump(), "min_accuracy": 0.0, "min_macro_f1": 0.0, "below_teacher": None,
+                 "tolerance": 1.0, "macro_f1_tolerance": 1.0, "class_f1_drop": 1.0},
     })
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from artifacts.promotions import ProductionMoved, promote
+from artifacts.promotions import ProductionMoved, promote, rolled_back, rolled_back_reason
 from artifacts.runs import INT8_ROLE, RunRecord
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
 from flows.config import PipelineConfig
@@ -77,12 +77,16 @@ class DataGate:
 
 
 def decision_of(config: PipelineConfig, store: ArtifactStore, roles: dict[str, ArtifactRef],
-                production: Production | None, int8_test: dict) -> dict:
-    """The promotion decision for this run's INT8 student (`int8_test`: its evaluation on test)."""
+                production: Production | None, int8_test: dict, teacher_test: dict | None = None) -> dict:
+    """The promotion decision for this run's INT8 student (`int8_test`, `teacher_test`: the evaluation on test)."""
     judgement = signed_judgement(store.open(roles["judgement"])) if "judgement" in roles else None
     already = production is not None and production[1].role(INT8_ROLE) == roles[INT8_ROLE]
-    return decide(config.gate, int8_test, judgement, None if production is None else production[0].digest,
-                  already_production=already)
+    decision = decide(config.gate, int8_test, judgement, None if production is None else production[0].digest,
+                      already_production=already, teacher=teacher_test)
+    rolled = rolled_back(store, config.name).get(roles[INT8_ROLE].digest)
+    if rolled is not None:  # a rollback sticks: the same model is not promoted again by a rerun
+        decision = {**decision, "promote": False, "reasons": [*decision["reasons"], rolled_back_reason(config.name, rolled)]}
+    return decision
 
 
 def promote_if_decided(store: ArtifactStore, name: str, record: ArtifactRef, decision: dict) -> tuple[list[str], str]:

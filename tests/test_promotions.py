@@ -10,7 +10,7 @@ import pytest
 from conftest import tree_state
 from artifacts.lineage import referenced
 from artifacts import signing
-from artifacts.promotions import DamagedEntry, ProductionMoved, entries, production_alias, production_run, promote, rollback
+from artifacts.promotions import DamagedEntry, ProductionMoved, RolledBack, entries, production_alias, production_run, promote, rollback
 from artifacts.runs import RunRecord, publish_run, read_run
 from artifacts.signing import SignatureError
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
@@ -236,3 +236,26 @@ def test_a_short_or_unreadable_key_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILLERY_SIGNING_KEY_FILE", str(tmp_path / "nowhere"))
     with pytest.raises(StoreError, match="cannot be read"):
         signing.team_key()
+
+
+def test_a_rolled_back_model_is_never_promoted_again_automatically(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    a, b = a_run(store, "reviews", 0), a_run(store, "reviews", 1)
+    promote(store, "reviews", a, decision={"production_run": None})
+    promote(store, "reviews", b, decision={"production_run": a.digest})
+    rollback(store, "reviews")  # b was bad: back to a
+    # The next scheduled run has b's inputs: a new record around the same cached INT8 model, judged
+    # against the restored champion a, and its cached judgement says "promote".
+    rerun = publish_run(store, read_run(store, b).model_copy(update={"created": "2026-12-06T00:00:00Z"}))
+    assert rerun.digest != b.digest
+    with pytest.raises(RolledBack, match="rolled back out of reviews's production.*log entry 3"):
+        promote(store, "reviews", rerun, decision={"production_run": a.digest})
+    assert production_run(store, "reviews")[0] == a
+    assert [e["action"] for e in entries(store, "reviews")] == ["promote", "promote", "rollback"]
+    # By hand it may come back, and that is logged.
+    assert promote(store, "reviews", rerun, by="hand")["by"].startswith("hand:")
+    assert production_run(store, "reviews")[0] == rerun
+    # Another model is not affected.
+    c = a_run(store, "reviews", 2)
+    promote(store, "reviews", c, decision={"production_run": rerun.digest})
+    assert production_run(store, "reviews")[0] == c

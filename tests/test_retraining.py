@@ -119,6 +119,7 @@ def days(stack, tmp_path_factory, emotion_dir):
     results["day2_served"] = served(stack)
     results["unchanged"] = nightly(stack, data)
     results["latest"] = alias(stack, f"{RUN_NAME}/latest")
+    results["exports"] = data  # day 2's drop, as the next scheduled run would find it
     # Day 3: each broken drop on its own (a folder of its own), all three at once on the two workers.
     started = {}
     for drop in ("class_removed", "half_gone", "test_in_train"):
@@ -244,6 +245,11 @@ def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_requ
 def test_rollback_and_promotion_by_hand_go_through_the_log(stack, days):
     production = alias(stack, f"{RUN_NAME}/production")
     assert production == days["day1_production"]  # rolled back by the serve test
+    # The rollback sticks: the next scheduled run on day 2's data (every stage cached, its cached
+    # judgement against day 1's model "promote") does not bring the rolled-back model back.
+    rerun = nightly(stack, days["exports"])
+    assert rerun["code"] == 0 and "not-promoted" in rerun["tags"] and "promoted" not in rerun["tags"], rerun["tags"]
+    assert alias(stack, f"{RUN_NAME}/production") == days["day1_production"]
     refused = console(stack, "rollback", RUN_NAME)
     assert refused.returncode == 2 and "no earlier production run" in refused.stderr
     promoted = console(stack, "promote", RUN_NAME, days["day2_production"][:10])

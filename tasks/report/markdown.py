@@ -51,6 +51,10 @@ def decision_section(decision: dict) -> list[str]:
                     f"{paired['challenger_only_right']} rows only the new model gets right, {paired['champion_only_right']} "
                     f"only production does; {paired['test']}, margin {paired['margin']:g}: p = {paired['p_value']:.3g} "
                     f"(promote below {decision['limits']['alpha']:g})")
+        macro = decision.get("macro_f1_paired")
+        if macro:
+            figures += (f"; macro-F1 {macro['macro_f1_difference']:+.4f}, {macro['test']}, margin {macro['margin']:g}: "
+                        f"p = {macro['p_value']:.3g}")
     elif decision.get("production_run") is None:
         figures += "; no model was in production, so the floors alone decide"
     limits = decision["limits"]
