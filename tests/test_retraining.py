@@ -239,7 +239,7 @@ def test_serve_switches_to_a_rolled_back_model_under_load_without_failing_a_requ
     assert runs == sorted(runs, key=lambda r: r == after)  # once switched, never back
     assert health["batches"] < len(answers)  # concurrent requests were scored together
     assert [r["label"] for r in answers[-1][1]["results"]] == [r["label"] for r in served(stack, after)]
-    assert bad.status_code == 400 and "text 1: empty" in bad.json()["detail"]
+    assert bad.status_code == 422 and "text 1: empty" in bad.json()["detail"]["message"]
 
 
 def test_rollback_and_promotion_by_hand_go_through_the_log(stack, days):
