@@ -103,6 +103,17 @@ class Stage:
             raise TypeError(f"{self.name} reads {sorted(self.inputs)}{optional}, got {sorted(inputs)}")
 
 
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it ("" where it does not)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def runtime() -> dict:
     """How many threads the stage's numerical libraries had: recorded, deliberately not keyed.
 
@@ -113,7 +124,8 @@ def runtime() -> dict:
     the manifest says what ran instead.
     """
     torch = sys.modules.get("torch")  # only if a stage imported it; the store never needs torch
-    ran = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    ran = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+           "cpu": cpu_name()}  # latencies mean nothing without the machine they were measured on
     if torch is not None:
         ran["torch_threads"] = torch.get_num_threads()
     return ran

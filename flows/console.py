@@ -100,6 +100,12 @@ def serve(argv: list[str], prog: str) -> int:
     return main(argv, prog=prog)
 
 
+def export(argv: list[str], prog: str) -> int:
+    from flows.export import main
+
+    return main(argv, prog=prog)
+
+
 def store_command(command: str) -> Verb:
     def verb(argv: list[str], prog: str) -> int:
         from artifacts.__main__ import command_main
@@ -186,14 +192,15 @@ def rollback(argv: list[str], prog: str) -> int:
 VERBS: dict[str, tuple[Verb, str]] = {
     "run": (run, "run a workload: --preset emotion|sst2|generic, --name NAME, --data PATH, any stage flag"),
     "status": (status, "per step, whether `run` with the same flags would be cached or recompute, and why"),
-    "predict": (predict, "classify texts with a workload's production INT8 model (else its latest)"),
+    "predict": (predict, "classify texts with a workload's production INT8 model (--model for another run)"),
     "serve": (serve, "answer HTTP requests with a workload's production INT8 model, switching on promotion"),
+    "export": (export, "write a workload's production INT8 model, tokenizer, config and model card to a folder"),
     "promote": (promote, "serve a run as a workload's production model, by hand (logged)"),
     "rollback": (rollback, "serve a workload's previous production model again (logged)"),
     "report": (report, "print the path of a workload's latest report; --open opens it"),
     "explain": (explain, "status, one line per step: why each would (not) rerun"),
     "list": (store_command("list"), "list the store's artifacts, sizes and what references each"),
-    "verify": (store_command("verify"), "check every artifact's checksums; --repair deletes broken ones"),
+    "verify": (store_command("verify"), "check every artifact and promotion log entry; --repair deletes or moves aside"),
     "gc": (store_command("gc"), "list (or --delete) what nothing references"),
 }
 

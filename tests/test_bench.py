@@ -22,7 +22,8 @@ def bench_module(name: str):
 
 
 def run_bench(name: str, store, out) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"bench/{name}.py", "--store", str(store), "--quick", "--out", str(out)],
+    return subprocess.run([sys.executable, f"bench/{name}.py", "--store", str(store), "--workload", "emotion-smoke", "--quick",
+                           "--out", str(out)],
                           cwd=REPO, env={**os.environ, **OFFLINE, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=600)
 
@@ -33,7 +34,7 @@ def test_compare_measures_every_variant_against_the_teacher(cold, tmp_path, caps
     first = run_bench("compare", store, tmp_path / "compare.json")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for built in ("teacher-onnx", "teacher-int8", "student-qat"):
-        assert f"built emotion/compare/{built}" in first.stdout
+        assert f"built emotion-smoke/compare/{built}" in first.stdout
     result = json.loads((tmp_path / "compare.json").read_text())
     models = result["models"]
     assert list(models) == ["teacher FP32 PyTorch", "teacher FP32 ONNX", "teacher INT8 (INC)", "student FP32 PyTorch",
@@ -147,7 +148,7 @@ def test_ceiling_measures_every_teacher_their_ensemble_and_their_students(cold, 
     assert store.publish(rerun, "model", {k: v for k, v in first_manifest.items()
                                           if k not in ("kind", "digest", "files", "sizes", "published")}).digest != run_student
 
-    result = ceiling.ceiling(store, "emotion", None, quick=False)
+    result = ceiling.ceiling(store, "emotion-smoke", None, quick=False)
     assert result["dataset"] == steps["fetch_dataset"]["artifact"]
     assert result["teachers"] == [run_teacher, second.digest] and stranger.digest not in result["teachers"]
     assert result["students"] == [run_student] and result["taught_by"] == {run_student: run_teacher}

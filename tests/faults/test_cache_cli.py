@@ -36,7 +36,7 @@ def test_list_shows_every_artifact_and_what_keeps_it(cold, tmp_path):
     for stage in cold[2].summary["stages"].values():
         assert stage["artifact"][:12] in out.stdout
     report = cold[2].summary["report"]["artifact"]
-    assert f"{report[:12]}  run-report report" in out.stdout and "alias emotion/report" in out.stdout
+    assert f"{report[:12]}  run-report report" in out.stdout and "alias emotion-smoke/report" in out.stdout
     assert "key " in out.stdout and "13 artifacts" in out.stdout  # eleven steps, the run's report and its run record
     assert f"{cold[2].summary['run'][:12]}  run      run" in out.stdout
 
