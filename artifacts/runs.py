@@ -33,6 +33,7 @@ class RunRecord(BaseModel):
     labels: list[str] = []  # class names in id order: what the INT8 model's outputs mean
     data_findings: list[dict] = []  # the data checks' findings (tasks/data/checks.py), allowed ones included
     decision: dict = {}  # the promotion gate's decision (tasks/stages/judge.py decide)
+    code: dict = {}  # the code that ran: git commit and whether tracked files were edited, package version (flows/version.py)
     created: str = ""
     # The record's own digest, set when it is read from the store; never written into it.
     digest: str = Field("", exclude=True)

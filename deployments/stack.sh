@@ -131,6 +131,11 @@ export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-$(secret s3_secret)}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 EOF
   if [ -n "${DISTILLERY_DATA:-}" ]; then echo "export DISTILLERY_DATA=$DISTILLERY_DATA" >> "$STACK/env"; fi
+  # The checkout's commit, worked out when the file is sourced (so at `prefect deploy` time): each
+  # deployment's version (deployments/prefect.yaml), which workers at other code refuse (flows/version.py).
+  local repo
+  repo=$(cd "$HERE/.." && pwd)
+  echo "export DISTILLERY_CODE=\"\$(git -C '$repo' rev-parse HEAD 2>/dev/null)\$(git -C '$repo' status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)\"" >> "$STACK/env"
 }
 
 pg_home() {

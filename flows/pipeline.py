@@ -50,6 +50,7 @@ from flows.config import PipelineConfig
 from flows.presets import PRESETS, Overrides, Workload, build_config
 from flows.promotion import DataGate, decision_of, production_roles, promote_if_decided
 from flows.publish import artifact_key, publish_report, write_report
+from flows.version import code_tag, code_version, refuse_other_code
 from flows.dag import STEP_NAMES, run_dag  # noqa: F401  (STEP_NAMES: the DAG's steps, for callers of the flow)
 from tasks.stages import distil
 from tasks.models.alignment import vocabulary_alignment
@@ -218,11 +219,13 @@ def distillery(
     configuration, already built from these and checked by the caller (flows/cli.py),
     so it is used as it is: a run builds and checks its configuration once.
     """
+    code = code_version()
+    refuse_other_code(runtime.deployment.version, code)  # a worker at other code than its deployment's: before any work
     if checked is None:
         config, store = resolve(workload, data, smoke, overrides, store, name)
     else:
         config, store = PipelineConfig.model_validate(checked), store_root(store)
-    tags = run_tags(config.name, workload, smoke)
+    tags = run_tags(config.name, workload, smoke) + [code_tag(code)]
     flow_run = tag_run(tags)
     if checked is None:
         preflight(config)
@@ -245,14 +248,14 @@ def distillery(
     record = publish_run(artifacts, RunRecord(workload=config.name, roles={**roles, "report": run_report},
                                               steps={step: s["artifact"] for step, s in stage.stages.items()},
                                               labels=results["labels"], data_findings=data_gate.findings,
-                                              decision=decision))
+                                              decision=decision, code=code))
     artifacts.set_alias(f"{config.name}/latest", record)
     outcome, refused = promote_if_decided(artifacts, config.name, record, decision)
     flow_run = tag_run(tags + outcome)
     return {"workload": config.name, "preset": workload, "labels": results["labels"], "flow_run": flow_run,
             "stages": stage.stages, "metrics": results["models"], "shortfall": results["shortfall"],
             "store": artifacts.root, "run": record.digest, "promotion": {"outcome": outcome[0], **decision, "refused": refused},
-            "data_findings": data_gate.findings,
+            "data_findings": data_gate.findings, "code": code,
             "report": {"artifact": run_report.digest, "location": location}}
 
 

@@ -189,3 +189,37 @@ def test_job_templates_are_valid_base_job_templates(stack, kind):
     assert create.returncode == 0, create.stdout + create.stderr
     inspect = subprocess.run([str(BIN / "prefect"), "work-pool", "inspect", pool], env=stack["env"], capture_output=True, text=True, timeout=120)
     assert "DISTILLERY_STORE" in inspect.stdout
+
+
+VERSIONS = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    print(json.dumps({d.name: d.version for d in client.read_deployments()}))
+"""
+
+
+def test_deployments_name_their_code_and_a_worker_at_other_code_refuses_the_run(stack, tmp_path):
+    from flows.version import code_tag, code_version, describe
+
+    code = code_version()
+    versions = subprocess.run([sys.executable, "-c", VERSIONS], env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert versions.returncode == 0, versions.stderr[-2000:]
+    assert json.loads(versions.stdout)["emotion"] == describe(code)  # `prefect deploy` took DISTILLERY_CODE from stack.sh env
+    # A deployment made from other code: the workers (this checkout) refuse its runs before any work.
+    source = (REPO / "deployments" / "prefect.yaml").read_text()
+    pinned = source.replace("  - name: emotion\n", "  - name: emotion-elsewhere\n", 1)
+    (tmp_path / "prefect.yaml").write_text(pinned)
+    elsewhere = "0123456789abcdef" * 2 + "01234567"
+    deploy = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(tmp_path / "prefect.yaml"),
+                             "--name", "emotion-elsewhere"], cwd=REPO, env={**stack["env"], "DISTILLERY_CODE": elsewhere},
+                            capture_output=True, text=True, timeout=300)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    run = deployment_run(stack, "smoke=true", deployment="emotion-elsewhere")
+    output = run.communicate(timeout=600)[0]
+    assert run.returncode != 0, output[-2000:]
+    [refused] = query(stack, "emotion-elsewhere")
+    assert refused["state"] == "Failed" and f"the deployment was made from {elsewhere}" in refused["message"], refused
+    assert refused["tasks"] == {}  # nothing ran
+    # The runs of the real deployment carry their code in their tags.
+    assert all(code_tag(code) in r["tags"] for r in query(stack, "emotion") if r["state"] == "Completed")
