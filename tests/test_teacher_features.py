@@ -82,6 +82,10 @@ def test_only_the_upper_layers_and_head_are_parameters_inside_and_the_model_is_w
     assert inside and all(name.startswith(("mpnet.encoder.layer.3.", "classifier.")) for name in inside), sorted(inside)
     assert {name for name, _ in model.named_parameters()} == names  # embeddings and lower layers back
     assert model.mpnet.encoder.relative_attention_bias.weight.requires_grad
+    model.mpnet.encoder.relative_attention_bias.requires_grad_(False)  # frozen by its owner: it stays so
+    with upper_only(model, 3):
+        pass
+    assert not model.mpnet.encoder.relative_attention_bias.weight.requires_grad
     with pytest.raises(DistilleryError, match="freeze 1 to 3"):
         with upper_only(model, 4):
             pass

@@ -104,6 +104,7 @@ def upper_only(model, frozen: int) -> Iterator[torch.nn.Module]:
     embeddings, bias = base.embeddings, getattr(base.encoder, "relative_attention_bias", None)
     returns_tuple = model.config.model_type == "mpnet"
     upper = list(base.encoder.layer[frozen:])
+    bias_learns = bias is not None and bias.weight.requires_grad
     base.embeddings = _Given()
     if bias is not None:
         bias.requires_grad_(False)  # shared with the frozen layers (module docstring)
@@ -113,4 +114,4 @@ def upper_only(model, frozen: int) -> Iterator[torch.nn.Module]:
     finally:
         base.embeddings = embeddings
         if bias is not None:
-            bias.requires_grad_(True)
+            bias.requires_grad_(bias_learns)  # as it was
