@@ -167,6 +167,10 @@ def promote(argv: list[str], prog: str) -> int:
         return bad_input(str(exc))
     print(f"{args.name}/production -> run {entry['run'][:12]} (was {(entry['replaced'] or 'none')[:12]}); "
           f"promotion log entry {entry['seq']}")
+    from flows import events
+
+    events.emit(events.PROMOTED, args.name, {"by": entry["by"], "replaced": entry["replaced"], "seq": entry["seq"]},
+                run=entry["run"], drain=True)
     return 0
 
 
@@ -185,6 +189,10 @@ def rollback(argv: list[str], prog: str) -> int:
         return bad_input(str(exc))
     print(f"{args.name}/production -> run {entry['run'][:12]} (rolled back from {entry['replaced'][:12]}); "
           f"promotion log entry {entry['seq']}")
+    from flows import events
+
+    events.emit(events.ROLLED_BACK, args.name, {"by": entry["by"], "rolled_back": entry["replaced"], "seq": entry["seq"]},
+                run=entry["run"], drain=True)
     return 0
 
 

@@ -133,7 +133,31 @@ def stage_task(step: str, stage: Stage, store: ArtifactStore):
             return Completed(data=outcome.ref, name=CACHED)
         return Completed(data=outcome.ref)
 
-    return task(run, name=step, cache_policy=NO_CACHE, persist_result=False, retries=0)
+    return task(run, name=step, cache_policy=NO_CACHE, persist_result=False, retries=RETRIES,
+                retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient)
+
+
+# A stage that touches the store (S3), the lock server (Redis) or the Hub can meet a network
+# blip; it is retried after 5, then 30 seconds. Bad input and broken artifacts are not
+# transient: they fail at once, with their message.
+RETRIES, RETRY_DELAYS = 2, [5, 30]
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether a stage's failure is worth retrying: the network or a file system, not the data or the code."""
+    if exc is None or isinstance(exc, (DistilleryError, StoreError)):
+        return False
+    if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError, socket timeouts, S3 errors as s3fs raises them
+        return True
+    try:
+        import redis
+    except ImportError:
+        return False
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
+def retry_if_transient(task, task_run, state) -> bool:
+    return is_transient(state.result(raise_on_failure=False))
 
 
 class StageRunner:

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from artifacts.promotions import ProductionMoved, promote, rolled_back, rolled_back_reason
 from artifacts.runs import INT8_ROLE, RunRecord
 from artifacts.store import ArtifactRef, ArtifactStore, StoreError
+from flows import events
 from flows.config import PipelineConfig
 from flows.dag import DATA_CHECK_STEPS, PRODUCTION_ROLES
 from flows.publish import artifact_key
@@ -73,6 +74,7 @@ class DataGate:
         except Exception as exc:  # the UI is told best effort; the run stops regardless
             get_run_logger().warning(f"decision artifact not written ({type(exc).__name__}: {exc})")
         self.tag([DATA_ANOMALY, NOT_PROMOTED])
+        events.emit(events.DATA_ANOMALY, self.name, {"step": step, "findings": stop, "allow_with": names})
         raise DataAnomalies(message)
 
 
@@ -94,15 +96,19 @@ def promote_if_decided(store: ArtifactStore, name: str, record: ArtifactRef, dec
     if not decision["promote"]:
         why = "; ".join(decision["reasons"])
         get_run_logger().warning(f"{name}: not promoted; production is unchanged: {why}")
+        events.emit(events.REFUSED, name, {"reasons": decision["reasons"], "decision": decision}, run=record.digest)
         return [NOT_PROMOTED], why
     try:
         promote(store, name, record, by="automatic", decision=decision)
     except ProductionMoved as exc:  # judged against a champion that is no longer production: a stale decision
         get_run_logger().warning(f"{name}: not promoted: {exc}")
+        events.emit(events.REFUSED, name, {"reasons": [str(exc)], "decision": decision}, run=record.digest)
         return [NOT_PROMOTED, PRODUCTION_MOVED], str(exc)
     except StoreError as exc:  # e.g. the same model promoted meanwhile, the lock server away: stays latest
         get_run_logger().warning(f"{name}: not promoted: {exc}")
+        events.emit(events.REFUSED, name, {"reasons": [str(exc)], "decision": decision}, run=record.digest)
         return [NOT_PROMOTED], str(exc)
     get_run_logger().info(f"{name}: promoted run {record.short} to {name}/production")
+    events.emit(events.PROMOTED, name, {"decision": decision, "replaced": decision.get("production_run")}, run=record.digest)
     return [PROMOTED], ""
 

@@ -223,3 +223,56 @@ def test_deployments_name_their_code_and_a_worker_at_other_code_refuses_the_run(
     assert refused["tasks"] == {}  # nothing ran
     # The runs of the real deployment carry their code in their tags.
     assert all(code_tag(code) in r["tags"] for r in query(stack, "emotion") if r["state"] == "Completed")
+
+
+EVENTS = """
+import json
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    answer = client._client.post("/events/filter", json={"filter": {"event": {"prefix": ["distillery."]}}, "limit": 50})
+    answer.raise_for_status()
+    print(json.dumps([{"event": e["event"], "resource": e["resource"], "payload": e["payload"]}
+                      for e in answer.json()["events"]]))
+"""
+
+
+def test_refusals_are_events_and_the_shipped_automation_calls_its_webhook(stack, tmp_path):
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/alerts"
+        made = subprocess.run([sys.executable, str(REPO / "deployments" / "automations.py")], cwd=REPO,
+                              env={**stack["env"], "DISTILLERY_WEBHOOK_URL": url}, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0 and "distillery.refused" in made.stdout, made.stdout + made.stderr[-2000:]
+        # A run the gate refuses (a floor no model reaches): every stage cached, the decision made again.
+        refused = deployment_run(stack, "smoke=true", 'overrides={"gate": {"min_accuracy": 1.0}}')
+        output = refused.communicate(timeout=600)[0]
+        assert refused.returncode == 0, output[-2000:]
+        deadline = time.monotonic() + 90
+        while not received and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        hook.shutdown()
+    assert received, "the automation never called the webhook"
+    assert received[0]["event"] == "distillery.refused" and received[0]["workload"] == "emotion-smoke"
+    assert any("below the floor 1" in reason for reason in received[0]["payload"]["reasons"])
+    events = subprocess.run([sys.executable, "-c", EVENTS], env=stack["env"], capture_output=True, text=True, timeout=120)
+    assert events.returncode == 0, events.stderr[-2000:]
+    seen = {(e["event"], e["resource"]["prefect.resource.id"]) for e in json.loads(events.stdout)}
+    # The first runs of this stack promoted; this one was refused: both read back from the server.
+    assert {("distillery.promoted", "distillery.workload.emotion-smoke"),
+            ("distillery.refused", "distillery.workload.emotion-smoke")} <= seen, seen
