@@ -194,9 +194,10 @@ def flow_server(server: LaptopServer | None) -> Iterator[None]:
 def format_table(summary: dict) -> str:
     lines = [f"workload {summary['workload']} (preset {summary['preset']}), flow run {summary['flow_run']['name']}, "
              f"labels: {', '.join(summary['labels'])}", ""]
-    lines.append(f"{'stage':<18} {'state':<9} {'seconds':>8}  artifact")
+    width = max([18, *map(len, summary["stages"])])  # cache_teacher_features is 22 wide
+    lines.append(f"{'stage':<{width}} {'state':<9} {'seconds':>8}  artifact")
     for name, stage in summary["stages"].items():
-        lines.append(f"{name:<18} {stage['state']:<9} {stage['seconds']:>8.1f}  {stage['artifact'][:12]}")
+        lines.append(f"{name:<{width}} {stage['state']:<9} {stage['seconds']:>8.1f}  {stage['artifact'][:12]}")
     lines.append("")
     lines.append(f"{'model':<14} {'accuracy':>8} {'macro-F1':>8} {'p50 ms':>8} {'p95 ms':>8} {'MB':>7}")
     for name, m in summary["metrics"].items():

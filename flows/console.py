@@ -69,8 +69,9 @@ def status(argv: list[str], prog: str) -> int:
     except DistilleryError as exc:
         return bad_input(str(exc))
     print(f"workload {name} (preset {request.preset}), store {request.store}")
+    width = max([18, *(len(step.step) for step in steps)])
     for step in steps:
-        print(f"  {step.step:<18} {'cached' if step.cached else 'would run':<10} {step.detail}")
+        print(f"  {step.step:<{width}} {'cached' if step.cached else 'would run':<10} {step.detail}")
     rerun = [step.step for step in steps if not step.cached]
     print(f"{len(steps) - len(rerun)} of {len(steps)} steps cached" +
           (f"; {len(rerun)} would run: {', '.join(rerun)}" if rerun else "; nothing to recompute"))

@@ -179,7 +179,7 @@ def test_run_page_shows_the_report_plots_table_and_progress(ui, ui_server, ui_ru
 
         # The report: its title says it is a smoke run; its table and plots are readable.
         open_artifact("emotion-smoke-report")
-        page.get_by_role("heading", name=report_title("emotion", smoke=True)).wait_for()
+        page.get_by_role("heading", name=report_title("emotion-smoke", smoke=True)).wait_for()
         expect_models_table(page, expected_rows)
         page.wait_for_function("""n => [...document.images].filter(i => i.src.startsWith('data:image/png;base64,')
                                                                    && i.complete && i.naturalWidth > 0).length >= n""",
@@ -193,7 +193,7 @@ def test_run_page_shows_the_report_plots_table_and_progress(ui, ui_server, ui_ru
             shutil.copyfile(report_shot, REPO / "docs" / "ui-report.png")
 
         # The models table artifact: readable headers and values, no raw field names.
-        open_artifact("emotion-models")
+        open_artifact("emotion-smoke-models")
         expect_models_table(page, expected_rows)
         text = page.locator("body").inner_text()
         raw_names = [name for name in ROW_FIELDS if not any(name in header for header in MODEL_COLUMNS)]
