@@ -53,6 +53,11 @@ class DamagedEntry(StoreError):
 
 
 def _entry_files(store: ArtifactStore, base: str) -> list[str]:
+    if store.is_local:  # names only: a walk that stats each file races with a writer's temporary file
+        try:
+            return sorted(f"{base}/{n}" for n in os.listdir(base) if ENTRY_NAME.match(n))
+        except FileNotFoundError:
+            return []
     try:
         files = store.fs.find(base)
     except FileNotFoundError:
@@ -199,7 +204,10 @@ def _append(store: ArtifactStore, name: str, entry: dict) -> dict:
         # Written beside, then linked in: the entry appears complete or not at all, and never over another.
         folder = Path(log_path(store, name))
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{seq:08d}.{uuid.uuid4().hex}.tmp"
+        # Beside the store's other work in progress, not in the log's folder, whose readers list it.
+        scratch = Path(store.path) / "staging"
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = scratch / f"promotion-{name}-{seq:08d}.{uuid.uuid4().hex}.tmp"
         tmp.write_text(body)
         try:
             os.link(tmp, path)

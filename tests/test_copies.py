@@ -26,6 +26,7 @@ def _hold_until_told(root: str, digest: str, ready, done) -> None:
     ArtifactStore(root).open(ArtifactRef(kind="onnx", digest=digest))  # e.g. `serve` holding its model
     ready.set()
     done.wait(60)
+    os._exit(0)  # not the exit handlers a forked test process may have inherited (tests/test_promotions.py)
 
 
 def test_least_recently_used_copies_go_first_and_a_copy_in_use_stays(tmp_path, monkeypatch):

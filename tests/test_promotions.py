@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 
 import pytest
 
@@ -62,7 +63,16 @@ def test_every_logged_run_is_kept_by_gc(tmp_path):
 
 
 def _promote_in_a_process(root: str, digest: str) -> None:
-    promote(ArtifactStore(root), "reviews", ArtifactRef(kind="run", digest=digest), by="hand")
+    # os._exit: a forked child of a test process that once ran a Prefect test harness inherits its
+    # exit handlers, which end it with status 1 after the promotion succeeded (seen in CI's full run).
+    try:
+        promote(ArtifactStore(root), "reviews", ArtifactRef(kind="run", digest=digest), by="hand")
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
 
 
 def test_concurrent_promotions_never_interleave(tmp_path):

@@ -63,7 +63,18 @@ def plant(store: ArtifactStore, files: dict[str, bytes], kind: str = "onnx") -> 
 
 def refusals(url: str, cache: Path) -> dict[str, str]:
     """For each bad name: what a reader of an artifact naming it says (verify, then open)."""
-    os.environ["DISTILLERY_CACHE"] = str(cache)
+    saved = os.environ.get("DISTILLERY_CACHE")
+    os.environ["DISTILLERY_CACHE"] = str(cache)  # put back below: this also runs inside the test process
+    try:
+        return _refusals(url)
+    finally:
+        if saved is None:
+            os.environ.pop("DISTILLERY_CACHE", None)
+        else:
+            os.environ["DISTILLERY_CACHE"] = saved
+
+
+def _refusals(url: str) -> dict[str, str]:
     out = {}
     for rule, name in BAD_NAMES.items():
         store = ArtifactStore(url)

@@ -23,8 +23,18 @@ from tasks.training.cached import cached_batch, cached_logits
 from tasks.training.device import autocast
 from tasks.training.loop import predict_logits
 
-torch.set_num_threads(1)
 QUIET = Progress(lambda message: None, bar=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for these tests, put back after: set at import, it held for every test of the
+    suite (pytest imports all modules first), and the in-process bench run trained on one thread
+    against the flow's two, so their artifacts differed (tests/test_bench.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(kind: str = "mpnet", layers: int = 4):
